@@ -1,0 +1,1 @@
+"""Configuration: nginx-style files parsed, validated and turned into an immutable model."""

@@ -1,0 +1,461 @@
+"""The server side of one HTTP/1.1 connection: bytes in and out, keep-alive, timeouts.
+
+Theory of operation. ``data_received`` feeds the ``RequestReader`` (parser.py), which
+queues events. ``_process`` takes them in order: a request head starts an exchange
+(routing and a handler, via the site), body pieces go to the request being read, END
+closes its body. A second head that arrives while an answer is still being sent waits
+in the queue (pipelining: answers go out in request order), and reading pauses while
+anything waits, so a client cannot make us buffer without bound.
+
+Handlers answer through ``send_head``/``send_data``/``finish`` or ``send_response``
+(everything at once). ``finish`` logs the request, then either closes the connection or
+makes it idle and looks at the queue again.
+
+States: ``IDLE`` (waiting for a request; keep-alive), ``HEAD`` (part of a head has
+arrived), ``BUSY`` (an exchange is in progress), ``LINGER`` (we have said our last word
+and drain what the client still sends before closing, so that a reset does not destroy
+the answer in flight), ``CLOSED``.
+
+Timeouts (see timeouts.py, one deadline per connection):
+
+- IDLE: ``keepalive_timeout`` (first request: ``client_header_timeout``) → close quietly
+- HEAD: ``client_header_timeout``, counted from the first byte, not renewed → 408
+- BUSY, reading a body: ``client_body_timeout`` between two reads → 408 (or close)
+- BUSY, client not reading: ``send_timeout`` while writing is paused → close
+- LINGER: 5 s → close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from portico.errors import ProtocolError, RemoteProtocolError
+from portico.http.parser import END, RequestHead, RequestReader
+from portico.http.request import Request
+from portico.http.response import BODILESS_STATUSES, error_page, status_line
+
+if TYPE_CHECKING:
+    from portico.site import Binding
+    from portico.worker import WorkerContext
+
+IDLE, HEAD, BUSY, LINGER, CLOSED = range(5)
+
+LINGERING_TIMEOUT = 5.0
+# Request body bytes buffered for a handler that has not attached yet, and queued
+# pipelined bytes, before reading pauses.
+READ_BUFFER_LIMIT = 256 * 1024
+
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_CLOSE = b"Connection: close\r\n"
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_processing",
+        "binding",
+        "current",
+        "deadline",
+        "drain_waiters",
+        "number",
+        "reader",
+        "reading",
+        "reading_paused",
+        "remote_addr",
+        "remote_port",
+        "requests",
+        "server_addr",
+        "server_port",
+        "state",
+        "transport",
+        "wheel_slot",
+        "worker",
+        "write_paused",
+    )
+
+    def __init__(self, worker: WorkerContext, binding: Binding) -> None:
+        self.worker = worker
+        self.binding = binding
+        self.transport: Any = None
+        self.reader = RequestReader(*binding.header_limits)
+        self.current: Request | None = None  # the request being answered
+        self.reading: Request | None = None  # the request whose body is arriving
+        self.state = IDLE
+        self.requests = 0
+        self.number = 0
+        self.remote_addr = ""
+        self.remote_port = 0
+        self.server_addr = ""
+        self.server_port = ""
+        self.deadline: float | None = None
+        self.wheel_slot = 0
+        self.write_paused = False
+        self.reading_paused = False
+        self.drain_waiters: list[Callable[[], None]] = []
+        self._processing = False
+
+    # -- asyncio callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        worker = self.worker
+        self.number = worker.next_connection_number()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote_addr, self.remote_port = peer[0], peer[1]
+        else:
+            self.remote_addr = "unix:"
+        self.server_addr, self.server_port = self.binding.local_address(transport)
+        worker.connection_opened(self)
+        self._set_deadline(self.binding.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == LINGER:
+            return
+        if state == IDLE:
+            # the first byte of a request: its whole head must come within the timeout
+            self.state = HEAD
+            self._set_deadline(self.binding.header_timeout)
+        try:
+            self.reader.feed(data)
+        except ProtocolError as e:
+            self.reject(e)
+            return
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self.state == LINGER or (self.current is None and not self.reader.in_head):
+            self.close()
+            return None
+        if self.reader.in_head and self.current is None:
+            # a client that half-closes mid-head will never finish it
+            self.close()
+            return None
+        # keep the transport open to finish the answer, then close
+        if self.current is not None:
+            self.current.keep_alive = False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.deadline = None
+        self.worker.connection_closed(self)
+        request = self.current
+        if request is not None and not request.finished:
+            self.worker.site.aborted(request)
+        for waiter in self.drain_waiters:
+            waiter()
+        self.drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.state == BUSY:
+            self._set_deadline(self.binding.send_timeout_of(self.current))
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.state == BUSY:
+            self.deadline = None
+        waiters = self.drain_waiters
+        if waiters:
+            self.drain_waiters = []
+            for waiter in waiters:
+                waiter()
+
+    # -- events --------------------------------------------------------------------
+
+    def _process(self) -> None:
+        if self._processing:
+            return  # re-entered from a handler that finished synchronously
+        self._processing = True
+        try:
+            events = self.reader.events
+            while events:
+                event = events[0]
+                if event.__class__ is RequestHead:
+                    if self.current is not None or self.state >= LINGER:
+                        break  # pipelined: answer the current request first
+                    events.popleft()
+                    self._start(event)  # type: ignore[arg-type]
+                elif event is END:
+                    events.popleft()
+                    reading = self.reading
+                    if reading is not None:
+                        self.reading = None
+                        reading.body.end()
+                        if self.current is reading and self.state == BUSY and not self.write_paused:
+                            self.deadline = None
+                else:
+                    events.popleft()
+                    reading = self.reading
+                    if reading is not None:
+                        self._body_piece(reading, event)  # type: ignore[arg-type]
+            self._flow_control()
+        finally:
+            self._processing = False
+        if self.state == IDLE and self.reader.in_head:
+            self.state = HEAD
+
+    def _body_piece(self, request: Request, data: bytes) -> None:
+        body = request.body
+        limit = self.binding.body_limit_of(request)
+        if limit and body.received + len(data) > limit and not request.headers_sent:
+            # a chunked body that grew past client_max_body_size
+            self.send_error(request, 413)
+            return
+        body.feed(data)
+        if body.attached and self.current is request:
+            self._set_deadline(self.binding.body_timeout_of(request))
+
+    def _flow_control(self) -> None:
+        reading = self.reading
+        waiting = len(self.reader.events) > 0 or (
+            reading is not None and reading.body.buffered > READ_BUFFER_LIMIT
+        )
+        if waiting and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        elif not waiting and self.reading_paused and self.state != CLOSED:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _start(self, head: RequestHead) -> None:
+        self.requests += 1
+        self.state = BUSY
+        self.deadline = None
+        worker = self.worker
+        try:
+            request = Request(self, head, time.monotonic(), worker.wall_time())
+        except RemoteProtocolError as e:
+            self.reject(e)
+            return
+        self.current = request
+        has_body = head.chunked or bool(head.content_length)
+        self.reading = request if has_body else None
+        if not has_body:
+            request.body.complete = True
+        worker.site.dispatch(request)
+
+    # -- answering -----------------------------------------------------------------
+
+    def want_body(self, request: Request) -> None:
+        """A handler is about to read the body: answer ``Expect: 100-continue``."""
+        if (
+            request.version == "1.1"
+            and not request.body.complete
+            and request.body.received == 0
+            and request.headers.get("expect", "").lower() == "100-continue"
+        ):
+            self.transport.write(_CONTINUE)
+        if not request.body.complete:
+            self._set_deadline(self.binding.body_timeout_of(request))
+        if self.reading_paused:
+            self._flow_control()
+
+    def _framing(self, request: Request, status: int, length: int | None) -> bytes:
+        """Decide keep-alive and body framing; return the head's framing lines."""
+        keep = (
+            request.keep_alive
+            and self.state == BUSY
+            and self.worker.accepting
+            and self.binding.keep_alive_allows(request, self.requests)
+        )
+        if not request.body.complete and status in (408, 413):
+            keep = False  # don't wait for a body we refused
+        framing = b""
+        if status in BODILESS_STATUSES:
+            pass
+        elif length is not None:
+            framing = b"Content-Length: " + str(length).encode() + b"\r\n"
+        elif request.version == "1.1":
+            framing = _CHUNKED
+            request.response_chunked = True
+        else:
+            keep = False  # HTTP/1.0: the end of the body is the end of the connection
+        request.keep_alive = keep
+        return framing + (_KEEP_ALIVE if keep else _CLOSE)
+
+    def send_head(self, request: Request, status: int, headers: bytes, length: int | None) -> None:
+        """Send the status line and headers; ``length`` None streams the body."""
+        head = self._head(request, status, headers, length)
+        self.transport.write(head)
+
+    def _head(self, request: Request, status: int, headers: bytes, length: int | None) -> bytes:
+        if request.error_status > 0 and status == 200:
+            status = request.error_status
+        request.status = status
+        request.headers_sent = True
+        location = request.location
+        head = b"".join(
+            (
+                status_line(status),
+                location.server_header if location is not None else self.binding.server_header,
+                self.worker.date_header(),
+                self._framing(request, status, length),
+                headers,
+                location.extra_headers(request, status)
+                if location is not None and location.add_headers
+                else b"",
+                b"\r\n",
+            )
+        )
+        request.bytes_sent += len(head)
+        return head
+
+    def send_response(self, request: Request, status: int, headers: bytes, body: bytes) -> None:
+        """A whole answer at once: one write, then the request is finished."""
+        head = self._head(request, status, headers, len(body))
+        if request.method == "HEAD" or status in BODILESS_STATUSES:
+            self.transport.write(head)
+        else:
+            self.transport.write(head + body)
+            request.body_bytes_sent += len(body)
+            request.bytes_sent += len(body)
+        self.finish(request)
+
+    def send_data(self, request: Request, data: bytes) -> None:
+        if request.method == "HEAD" or not data or self.state == CLOSED:
+            return
+        request.body_bytes_sent += len(data)
+        if request.response_chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        request.bytes_sent += len(data)
+        self.transport.write(data)
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call back once the client has taken what was written (writing resumed)."""
+        if not self.write_paused or self.state == CLOSED:
+            callback()
+        else:
+            self.drain_waiters.append(callback)
+
+    def finish(self, request: Request) -> None:
+        """The answer is complete: log it, then keep the connection or close it."""
+        if request.finished:
+            return
+        request.finished = True
+        if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
+            self.transport.write(_LAST_CHUNK)
+            request.bytes_sent += len(_LAST_CHUNK)
+        self.worker.site.log(request)
+        if self.current is not request:
+            return
+        self.current = None
+        if self.state == CLOSED:
+            return
+        if not request.keep_alive:
+            self.linger() if not request.body.complete or self.reader.in_head else self.close()
+            return
+        if self.reading is request:
+            request.body.detach()  # the rest of the body is read and dropped
+        self.state = IDLE
+        self._set_deadline(self.binding.keepalive_timeout_of(request))
+        if self.reader.in_head:
+            self.state = HEAD
+            self._set_deadline(self.binding.header_timeout)
+        if self.reader.events:
+            self._process()
+        elif self.reading_paused:
+            self._flow_control()
+
+    def send_error(self, request: Request, status: int) -> None:
+        """An error answer for a request (error_page applies, via the site)."""
+        self.worker.site.send_error(request, status)
+
+    def reject(self, error: ProtocolError) -> None:
+        """A request we cannot parse: answer its status, log it, close."""
+        status = error.status
+        self.worker.site.log_protocol_error(self, error)
+        request = self.current
+        if request is not None and not request.finished:
+            if not request.headers_sent:
+                request.keep_alive = False
+                self.send_error(request, status)
+            else:
+                self.close()
+            return
+        body = error_page(status, self.binding.server_tokens)
+        head = b"".join(
+            (
+                status_line(status),
+                self.binding.server_header,
+                self.worker.date_header(),
+                b"Content-Type: text/html\r\nContent-Length: ",
+                str(len(body)).encode(),
+                b"\r\n",
+                _CLOSE,
+                b"\r\n",
+            )
+        )
+        self.transport.write(head + body)
+        self.worker.site.log_rejected(self, status, len(head) + len(body))
+        self.linger()
+
+    # -- closing and timeouts ----------------------------------------------------------
+
+    def _set_deadline(self, timeout: float | None) -> None:
+        if timeout is None:
+            self.deadline = None
+            return
+        self.deadline = deadline = time.monotonic() + timeout
+        slot = self.wheel_slot
+        if slot == 0 or deadline < (slot - 1) * self.worker.wheel.resolution:
+            self.worker.wheel.watch(self)
+
+    def on_timeout(self) -> None:
+        state = self.state
+        if state == HEAD:
+            self.reject(RemoteProtocolError("client timed out sending the request head", 408))
+        elif state == BUSY:
+            request = self.current
+            if request is not None and not request.headers_sent and not request.body.complete:
+                self.worker.site.log_timeout(request, "client timed out sending the body")
+                request.keep_alive = False
+                self.send_error(request, 408)
+            else:
+                if request is not None:
+                    self.worker.site.log_timeout(request, "client timed out reading")
+                self.close()
+        else:
+            self.close()
+
+    def linger(self) -> None:
+        """Close for writing, then drop what the client still sends, for a while."""
+        if self.state in (LINGER, CLOSED):
+            return
+        self.state = LINGER
+        self.reader.events.clear()
+        transport = self.transport
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+                return
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self._set_deadline(LINGERING_TIMEOUT)
+
+    def close(self) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.deadline = None
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close if idle, else close after the current answer."""
+        if self.state in (IDLE, LINGER):
+            self.close()
+        elif self.current is not None:
+            self.current.keep_alive = False

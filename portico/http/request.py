@@ -1,0 +1,179 @@
+"""One request and the state of its answer (nginx's ``ngx_http_request_t``, small).
+
+The connection creates a ``Request`` from each parsed head; routing fills in the server
+and location, a handler answers it through the connection, and the access log reads
+what happened from it. Every attribute is set here, at creation.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from portico.http.parser import RequestHead
+from portico.http.uri import normalize_path, split_target
+
+if TYPE_CHECKING:
+    from portico.http.protocol import HttpConnection
+
+
+class RequestBody:
+    """The body of one request as it arrives: buffered until a consumer attaches.
+
+    A consumer (the proxy, the WSGI input stream) calls ``attach(on_data, on_end)``:
+    buffered pieces are handed over at once and later ones as they arrive. Until then,
+    pieces wait here; past ``limit`` bytes the connection stops reading (backpressure)
+    until the consumer drains them.
+    """
+
+    __slots__ = ("_on_data", "_on_end", "buffered", "chunks", "complete", "conn", "received")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.received = 0
+        self.complete = False
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[], None] | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._on_data is not None
+
+    def attach(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        self._on_data = on_data
+        self._on_end = on_end
+        chunks = self.chunks
+        while chunks:
+            on_data(chunks.popleft())
+        self.buffered = 0
+        if self.complete:
+            on_end()
+
+    def detach(self) -> None:
+        """Stop delivering (the consumer gave up); later pieces are dropped."""
+        self._on_data = _discard
+        self._on_end = _nothing
+        self.chunks.clear()
+        self.buffered = 0
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        on_data = self._on_data
+        if on_data is not None:
+            on_data(data)
+        else:
+            self.chunks.append(data)
+            self.buffered += len(data)
+
+    def end(self) -> None:
+        self.complete = True
+        if self._on_end is not None:
+            self._on_end()
+
+
+def _discard(data: bytes) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
+class Request:
+    __slots__ = (
+        "body",
+        "body_bytes_sent",
+        "bytes_sent",
+        "captures",
+        "conn",
+        "content_length",
+        "document_root",
+        "error_status",
+        "finished",
+        "head",
+        "headers",
+        "headers_sent",
+        "host",
+        "keep_alive",
+        "location",
+        "method",
+        "path",
+        "proxy_host",
+        "query",
+        "redirects",
+        "request_filename",
+        "request_length",
+        "response_chunked",
+        "response_headers",
+        "server",
+        "start",
+        "start_wall",
+        "status",
+        "target",
+        "upstream_addr",
+        "upstream_connect_time",
+        "upstream_response_time",
+        "upstream_status",
+        "version",
+    )
+
+    def __init__(self, conn: HttpConnection, head: RequestHead, now: float, wall: float) -> None:
+        self.conn = conn
+        self.head = head
+        self.method = head.method
+        self.target = head.target
+        self.version = head.version
+        self.headers = head.headers
+        self.keep_alive = head.keep_alive
+        self.content_length = head.content_length
+        self.start = now
+        self.start_wall = wall
+        raw_path, raw_query = split_target(head.target)
+        self.path = normalize_path(raw_path)
+        self.query = raw_query.decode("latin-1")
+        host = head.headers.get("host", "")
+        self.host = host
+        self.server: Any = None
+        self.location: Any = None
+        self.captures: re.Match[str] | None = None
+        self.redirects = 0
+        self.error_status = 0  # set while an error_page answers (see Site.send_error)
+        self.body = RequestBody(conn)
+        # the answer
+        self.status = 0
+        self.headers_sent = False
+        self.response_chunked = False
+        self.response_headers: list[tuple[str, str]] = []
+        self.body_bytes_sent = 0
+        self.bytes_sent = 0
+        self.finished = False
+        self.request_length = 0
+        # filled by handlers, read by variables
+        self.document_root = ""
+        self.request_filename = ""
+        self.proxy_host = ""
+        self.upstream_addr: str | None = None
+        self.upstream_status: str | None = None
+        self.upstream_response_time: str | None = None
+        self.upstream_connect_time: str | None = None
+
+    @property
+    def target_str(self) -> str:
+        return self.target.decode("latin-1")
+
+    @property
+    def server_name(self) -> str:
+        server = self.server
+        return server.name if server is not None else ""
+
+    @property
+    def is_head(self) -> bool:
+        return self.method == "HEAD"
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start

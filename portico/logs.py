@@ -1,0 +1,181 @@
+"""The error log and the access logs, in nginx's formats.
+
+Error log lines look like nginx's::
+
+    2026/11/25 05:02:01 [error] 1234#0: *5 open() "/srv/x" failed (2: No such file
+    or directory), client: 127.0.0.1, server: example.com, request: "GET /x HTTP/1.1"
+
+(one line in the file).
+
+Access log lines are rendered from a compiled ``log_format``: each variable's value is
+escaped as nginx's ``escape=default`` does (``"`` and ``\\`` and bytes outside printable
+ASCII become ``\\xHH``), and an empty value is written ``-``. Lines are buffered per file
+and written when the buffer fills or on the periodic flush, so logging costs no system
+call per request. Files are opened in append mode, so several workers can share one
+file and ``reopen`` (USR1, after logrotate moved the file) starts a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from portico.config.directives import LOG_LEVELS, LogFormat
+
+_LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
+
+_ESCAPE_TABLE = {c: f"\\x{c:02X}" for c in range(256) if c < 0x20 or c >= 0x7F}
+_ESCAPE_TABLE[ord('"')] = "\\x22"
+_ESCAPE_TABLE[ord("\\")] = "\\x5C"
+_ESCAPE_CHARS = frozenset(chr(c) for c in _ESCAPE_TABLE)
+
+
+def escape_default(value: str) -> str:
+    if not value:
+        return "-"
+    if _ESCAPE_CHARS.isdisjoint(value):
+        return value
+    return "".join(_ESCAPE_TABLE.get(ord(c), c) if ord(c) < 256 else c for c in value)
+
+
+def escape_json(value: str) -> str:
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
+    """The function that renders one line (without the newline) for a request."""
+    escape: Callable[[str], str] = {
+        "default": escape_default,
+        "json": escape_json,
+        "none": lambda v: v,
+    }[log_format.escape]
+    parts = log_format.template.parts
+
+    def render(request: Any) -> str:
+        return "".join(p if isinstance(p, str) else escape(p(request)) for p in parts)
+
+    return render
+
+
+def _open_append(path: str) -> int:
+    if path == "stderr":
+        return 2
+    if path in ("stdout", "/dev/stdout"):
+        return 1
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+class LogFile:
+    """One open log file with a write buffer (bytes are written whole lines at a time)."""
+
+    __slots__ = ("_buffer", "_buffered", "buffer_size", "fd", "path")
+
+    def __init__(self, path: str, buffer_size: int) -> None:
+        self.path = path
+        self.fd = _open_append(path)
+        self.buffer_size = buffer_size
+        self._buffer: list[str] = []
+        self._buffered = 0
+
+    def write(self, line: str) -> None:
+        self._buffer.append(line)
+        self._buffered += len(line)
+        if self._buffered >= self.buffer_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        data = "".join(self._buffer).encode("utf-8", "surrogateescape")
+        self._buffer.clear()
+        self._buffered = 0
+        try:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
+        except OSError as e:
+            sys.stderr.write(f"portico: cannot write log {self.path}: {e}\n")
+
+    def reopen(self) -> None:
+        self.flush()
+        if self.fd > 2:
+            new = _open_append(self.path)
+            os.dup2(new, self.fd)
+            os.close(new)
+
+    def close(self) -> None:
+        self.flush()
+        if self.fd > 2:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class AccessLog:
+    """One ``access_log`` line of the config, ready to write."""
+
+    __slots__ = ("file", "render")
+
+    def __init__(self, file: LogFile, render: Callable[[Any], str]) -> None:
+        self.file = file
+        self.render = render
+
+    def write(self, request: Any) -> None:
+        self.file.write(self.render(request) + "\n")
+
+
+class ErrorLog:
+    """nginx-style error log, written at once (errors are rare and must not be lost)."""
+
+    __slots__ = ("fd", "ident", "level", "path", "rank")
+
+    def __init__(self, path: str, level: str, ident: str = "") -> None:
+        self.path = path
+        self.level = level
+        self.rank = _LEVEL_RANK[level]
+        self.fd = _open_append(path)
+        self.ident = ident or f"{os.getpid()}#0"
+
+    def enabled(self, level: str) -> bool:
+        return _LEVEL_RANK[level] >= self.rank
+
+    def log(self, level: str, message: str, connection: int | None = None) -> None:
+        if _LEVEL_RANK[level] < self.rank:
+            return
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+        conn = f"*{connection} " if connection else ""
+        line = f"{stamp} [{level}] {self.ident}: {conn}{message}\n"
+        with contextlib.suppress(OSError):
+            os.write(self.fd, line.encode("utf-8", "backslashreplace"))
+
+    def reopen(self) -> None:
+        if self.fd > 2:
+            new = _open_append(self.path)
+            os.dup2(new, self.fd)
+            os.close(new)
+
+    def close(self) -> None:
+        if self.fd > 2:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def context(request: Any) -> str:
+    """nginx's suffix of an error line about a request."""
+    server = request.server_name if request.server is not None else ""
+    return (
+        f", client: {request.conn.remote_addr}, server: {server}, request: "
+        f'"{request.method} {request.target_str} HTTP/{request.version}"'
+        + (f', host: "{request.headers["host"]}"' if "host" in request.headers else "")
+    )

@@ -1,0 +1,397 @@
+"""The master process: binds, forks workers, supervises them; never serves a request.
+
+The loop (gunicorn's arbiter shape): signal handlers only queue the signal and wake the
+loop through a pipe; the loop reaps exited workers, replaces those that died, and
+dispatches queued signals to ``handle_*`` methods.
+
+Signals, as nginx's:
+
+- HUP    reload: read the config again; if it is invalid, log why and change nothing;
+         else bind new addresses, start workers on the new config, ask the old ones to
+         stop gracefully, close addresses no longer listed.
+- QUIT   graceful stop: workers finish what they are doing, then everyone exits.
+- TERM, INT  fast stop.
+- USR1   reopen log files (workers too).
+- USR2   binary upgrade: start a new master from the program on disk, handing it the
+         listening sockets; this pid file becomes ``FILE.oldbin``.
+- WINCH  stop this master's workers gracefully (after an upgrade), keep the master.
+
+Graceful stop, step by step:
+
+1. send QUIT to every worker (they stop accepting and finish their requests);
+2. wait for them, at most ``worker_shutdown_timeout`` plus a margin;
+3. kill what is left, remove the pid file, exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from portico.config import loader
+from portico.config.model import Config
+from portico.errors import ConfigErrors
+from portico.logs import ErrorLog
+from portico.process import sockets as sockets_module
+from portico.process.sockets import BindError, SocketKey
+
+HANDLED_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+)
+STOP_MARGIN = 5.0
+# a worker that dies sooner than this after starting counts as crashing in a loop
+QUICK_DEATH = 2.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass(slots=True)
+class WorkerProcess:
+    pid: int
+    number: int
+    generation: int
+    started: float
+    stopping: bool = False
+
+
+class Master:
+    def __init__(
+        self, config: Config, error_log: ErrorLog, config_path: str | None, prefix: str | None
+    ) -> None:
+        self.config = config
+        self.error_log = error_log
+        self.config_path = config_path
+        self.prefix = prefix
+        self.sockets: dict[SocketKey, socket.socket] = {}
+        self.workers: dict[int, WorkerProcess] = {}
+        self.generation = 0
+        self.signals: list[int] = []
+        self.stopping: str | None = None  # "fast" or "graceful"
+        self.stop_deadline = 0.0
+        self.pid_path: str | None = None
+        self.respawn_at: dict[int, float] = {}  # worker number → when to start it again
+        self.backoff: dict[int, float] = {}
+        self.winched = False
+        self.upgraded = False  # a new master took over our sockets (USR2)
+        self._wake_read = -1
+        self._wake_write = -1
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, write the pid file: everything that can fail before we fork."""
+        self.sockets = self._open_sockets(self.config, inherited=sockets_module.inherited())
+        os.environ.pop(sockets_module.ENVIRONMENT_VARIABLE, None)
+        if self.config.pid:
+            self._write_pid(self.config.pid)
+
+    def _open_sockets(
+        self, config: Config, inherited: dict[SocketKey, socket.socket]
+    ) -> dict[SocketKey, socket.socket]:
+        opened: dict[SocketKey, socket.socket] = {}
+        try:
+            for key, listen in sockets_module.plan(config).items():
+                sock = self.sockets.get(key) or inherited.pop(key, None)
+                opened[key] = sock if sock is not None else sockets_module.bind(listen, key)
+        except BindError:
+            for key, sock in opened.items():
+                if key not in self.sockets:
+                    sock.close()
+            raise
+        for sock in inherited.values():
+            sock.close()
+        return opened
+
+    def _write_pid(self, path: str) -> None:
+        existing = read_pid(path)
+        if existing and existing != os.getpid() and _alive(existing):
+            raise BindError(f'pid file "{path}" is held by running process {existing}')
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(path + ".tmp", path)
+        self.pid_path = path
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_write)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._queue_signal)
+        _set_title(f"portico: master process {' '.join(sys.argv[1:])}".rstrip())
+        self.error_log.log("notice", f"portico started, pid {os.getpid()}")
+        self._spawn_generation()
+        try:
+            while True:
+                self._wait()
+                self._reap()
+                while self.signals:
+                    self._dispatch(self.signals.pop(0))
+                if self.stopping:
+                    if not self.workers:
+                        break
+                    if time.monotonic() > self.stop_deadline:
+                        self._kill_all(signal.SIGKILL)
+                else:
+                    self._respawn_due()
+        finally:
+            self._cleanup()
+        self.error_log.log("notice", "exit")
+        return 0
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def _wait(self) -> None:
+        timeout = 1.0
+        if self.respawn_at:
+            timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select([self._wake_read], [], [], timeout)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_read, 4096):
+                        pass
+
+    def _dispatch(self, signum: int) -> None:
+        handler = {
+            signal.SIGHUP: self.handle_hup,
+            signal.SIGQUIT: self.handle_quit,
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_term,
+            signal.SIGUSR1: self.handle_usr1,
+            signal.SIGUSR2: self.handle_usr2,
+            signal.SIGWINCH: self.handle_winch,
+            signal.SIGCHLD: lambda: None,  # reaping happens every turn
+        }[signal.Signals(signum)]
+        handler()
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _spawn_generation(self) -> None:
+        self.generation += 1
+        self.respawn_at.clear()
+        for number in range(self.config.worker_processes):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self.error_log.ident = f"{os.getpid()}#0"
+                _set_title("portico: worker process")
+                from portico.worker import serve_in_this_process
+
+                code = serve_in_this_process(self.config, self.sockets, self.error_log, number)
+            finally:
+                os._exit(code)
+        self.workers[pid] = WorkerProcess(pid, number, self.generation, time.monotonic())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            if os.WIFSIGNALED(status):
+                how = f"exited on signal {os.WTERMSIG(status)}"
+            else:
+                how = f"exited with code {os.WEXITSTATUS(status)}"
+            expected = worker.stopping or self.stopping or worker.generation != self.generation
+            if expected:
+                self.error_log.log("notice", f"worker process {pid} {how}")
+                continue
+            self.error_log.log("alert", f"worker process {pid} {how}")
+            if self.winched:
+                continue
+            self._schedule_respawn(worker)
+
+    def _schedule_respawn(self, worker: WorkerProcess) -> None:
+        now = time.monotonic()
+        if now - worker.started < QUICK_DEATH:
+            delay = min(MAX_BACKOFF, self.backoff.get(worker.number, 0.5) * 2)
+        else:
+            delay = 0.0
+        self.backoff[worker.number] = delay or 0.5
+        if delay:
+            self.error_log.log(
+                "alert",
+                f"worker {worker.number} crashed right after start; "
+                f"starting it again in {delay:.0f}s",
+            )
+        self.respawn_at[worker.number] = now + delay
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for number, when in list(self.respawn_at.items()):
+            if when <= now:
+                del self.respawn_at[number]
+                self._spawn(number)
+
+    def _signal_workers(self, sig: int, generation: int | None = None) -> None:
+        for worker in self.workers.values():
+            if generation is None or worker.generation == generation:
+                if sig in (signal.SIGQUIT, signal.SIGTERM):
+                    worker.stopping = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, sig)
+
+    def _kill_all(self, sig: int) -> None:
+        self._signal_workers(sig)
+
+    # -- signal handlers -----------------------------------------------------------------
+
+    def handle_hup(self) -> None:
+        self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
+        try:
+            config = loader.load(self.config_path, self.prefix)
+        except ConfigErrors as e:
+            for error in e.errors:
+                self.error_log.log("emerg", str(error))
+            self.error_log.log("alert", "the configuration was not changed")
+            return
+        try:
+            new_sockets = self._open_sockets(config, inherited={})
+        except BindError as e:
+            self.error_log.log("emerg", str(e))
+            self.error_log.log("alert", "the configuration was not changed")
+            return
+        old_generation = self.generation
+        old_sockets = self.sockets
+        self.config = config
+        self.sockets = new_sockets
+        self.winched = False
+        self._spawn_generation()
+        self._signal_workers(signal.SIGQUIT, old_generation)
+        for key, sock in old_sockets.items():
+            if key not in new_sockets:
+                sock.close()
+                if key[0] == "unix":
+                    with contextlib.suppress(OSError):
+                        os.unlink(key[1])
+
+    def handle_quit(self) -> None:
+        self.error_log.log("notice", "signal 3 (SIGQUIT) received, shutting down gracefully")
+        self._begin_stop(
+            "graceful", signal.SIGQUIT, self.config.worker_shutdown_timeout + STOP_MARGIN
+        )
+
+    def handle_term(self) -> None:
+        self.error_log.log("notice", "signal received, exiting")
+        self._begin_stop("fast", signal.SIGTERM, STOP_MARGIN)
+
+    def _begin_stop(self, how: str, sig: int, allowed: float) -> None:
+        if self.stopping == "fast":
+            return
+        self.stopping = how
+        self.stop_deadline = time.monotonic() + allowed
+        self.respawn_at.clear()
+        # close our copies of the listening sockets now: once the workers close
+        # theirs, new connections are refused instead of queueing unanswered
+        self._close_sockets()
+        self._signal_workers(sig)
+
+    def handle_usr1(self) -> None:
+        self.error_log.log("notice", "signal 10 (SIGUSR1) received, reopening logs")
+        self.error_log.reopen()
+        self._signal_workers(signal.SIGUSR1)
+
+    def handle_winch(self) -> None:
+        self.error_log.log("notice", "signal 28 (SIGWINCH) received, stopping workers")
+        self.winched = True
+        self.respawn_at.clear()
+        self._signal_workers(signal.SIGQUIT)
+
+    def handle_usr2(self) -> None:
+        self.error_log.log("notice", "signal 12 (SIGUSR2) received, upgrading the program")
+        if self.pid_path and self.pid_path.endswith(".oldbin"):
+            self.error_log.log("alert", "an upgrade is already in progress")
+            return
+        env = dict(os.environ)
+        env[sockets_module.ENVIRONMENT_VARIABLE] = sockets_module.describe(self.sockets)
+        pid_path = self.pid_path
+        if pid_path:
+            os.replace(pid_path, pid_path + ".oldbin")
+            self.pid_path = pid_path + ".oldbin"
+        self.upgraded = True
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for sock in self.sockets.values():
+                    sock.set_inheritable(True)
+                argv = [sys.executable, "-m", "portico", *sys.argv[1:]]
+                os.execve(sys.executable, argv, env)
+            finally:
+                os._exit(1)
+        self.error_log.log("notice", f"started the new master process {pid}")
+
+    def _close_sockets(self) -> None:
+        for key, sock in self.sockets.items():
+            with contextlib.suppress(OSError):
+                sock.close()
+            # a unix socket file goes with its socket, unless a new master (upgrade)
+            # still listens on it
+            if key[0] == "unix" and not self.upgraded:
+                with contextlib.suppress(OSError):
+                    os.unlink(key[1])
+        self.sockets = {}
+
+    def _cleanup(self) -> None:
+        self._close_sockets()
+        if self.pid_path and read_pid(self.pid_path) == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(self.pid_path)
+        with contextlib.suppress(OSError):
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as e:
+        return e.errno == errno.EPERM
+    return True
+
+
+def _set_title(title: str) -> None:
+    """Name the process for ps and top, as nginx's processes are named."""
+    try:
+        import setproctitle  # type: ignore[import-not-found]
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+            f.write(title.split(" process")[0][:15])

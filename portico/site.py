@@ -1,0 +1,517 @@
+"""A config made live in one worker: listening addresses, servers, locations, handlers.
+
+``Site`` is built once per config load from the immutable model. Everything a request
+needs that can be computed ahead is computed here: location trees, handlers, the
+``Server`` header bytes, error pages, access log renderers. Per request the site only
+chooses the server (Host), the location (URI) and calls the location's handler, which
+answers through the connection (http/protocol.py).
+
+Internal redirects (an index file, a ``try_files`` fallback, an ``error_page``) go
+through ``route`` again with the new URI, at most ``MAX_REDIRECTS`` times, as nginx.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from portico.config.directives import AddHeader, ErrorPage, Listen, Return
+from portico.config.model import Config, LocationConf, ServerConf
+from portico.errors import ProtocolError
+from portico.http.response import (
+    SERVER_FULL,
+    SERVER_SHORT,
+    encode_headers,
+    error_page,
+)
+from portico.http.uri import normalize_path, quote_path
+from portico.logs import AccessLog, ErrorLog, LogFile, compile_log_format, context
+from portico.process import sockets
+from portico.process.sockets import SocketKey
+from portico.routing import LocationTree, ServerSelector, normalize_host
+from portico.static.handler import StaticHandler
+
+if TYPE_CHECKING:
+    from portico.http.protocol import HttpConnection
+    from portico.http.request import Request
+
+MAX_REDIRECTS = 10
+
+# add_header applies to these unless "always" (nginx's list)
+_ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class Handler(Protocol):
+    def handle(self, request: Request) -> None: ...
+
+
+class ReturnHandler:
+    """``return``: a fixed answer or a redirect, rendered per request."""
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule: Return) -> None:
+        self.rule = rule
+
+    def handle(self, request: Request) -> None:
+        request.conn.worker.site.answer_return(request, self.rule)
+
+
+class Location:
+    """A location ready to serve: the config values it needs per request, pre-digested."""
+
+    __slots__ = (
+        "access_logs",
+        "add_headers",
+        "client_body_timeout",
+        "client_max_body_size",
+        "conf",
+        "error_pages",
+        "handler",
+        "keepalive_requests",
+        "keepalive_timeout",
+        "locations",
+        "modifier",
+        "pattern",
+        "regex",
+        "send_timeout",
+        "server_header",
+        "server_tokens",
+    )
+
+    def __init__(
+        self, site: Site, conf: LocationConf | None, values: Mapping[str, Any], server: ServerConf
+    ) -> None:
+        self.conf = conf
+        self.modifier = conf.modifier if conf else ""
+        self.pattern = conf.pattern if conf else ""
+        self.regex = conf.regex if conf else None
+        self.server_tokens: bool = values["server_tokens"]
+        self.server_header = (
+            b"Server: %b\r\n" % (SERVER_FULL if self.server_tokens else SERVER_SHORT).encode()
+        )
+        self.add_headers: tuple[AddHeader, ...] = values["add_header"]
+        self.error_pages: dict[int, ErrorPage] = {
+            code: page for page in values["error_page"] for code in page.codes
+        }
+        self.access_logs = site.access_logs(values["access_log"])
+        self.client_max_body_size: int = values["client_max_body_size"]
+        self.client_body_timeout: float = values["client_body_timeout"]
+        self.send_timeout: float = values["send_timeout"]
+        self.keepalive_timeout: float = values["keepalive_timeout"]
+        self.keepalive_requests: int = values["keepalive_requests"]
+        self.handler: Handler = site.make_handler(values, conf)
+        self.locations: tuple[Location, ...] = tuple(
+            Location(site, child, child.values, server)
+            for child in (conf.locations if conf else ())
+        )
+
+    def extra_headers(self, request: Request, status: int) -> bytes:
+        lines = [
+            (h.name, h.value.render(request))
+            for h in self.add_headers
+            if h.always or status in _ADD_HEADER_STATUSES
+        ]
+        return encode_headers(lines)
+
+
+class Server:
+    __slots__ = ("conf", "implicit", "name", "names", "return_rule", "tree")
+
+    def __init__(self, site: Site, conf: ServerConf) -> None:
+        self.conf = conf
+        self.names = conf.names
+        self.name = conf.primary_name
+        self.return_rule: Return | None = conf.values["return"]
+        # nginx answers a URI that matches no location with the server's own settings
+        self.implicit = Location(site, None, conf.values, conf)
+        self.tree: LocationTree[Location] = LocationTree(
+            Location(site, loc, loc.values, conf) for loc in conf.locations
+        )
+
+
+class Binding:
+    """One listening socket: the servers reachable through it and the connection
+    settings that apply before a request says which server it wants."""
+
+    __slots__ = (
+        "by_address",
+        "default",
+        "header_limits",
+        "header_timeout",
+        "listen",
+        "selector",
+        "server_header",
+        "server_tokens",
+    )
+
+    def __init__(
+        self,
+        listen: Listen,
+        selector: ServerSelector[Server],
+        by_address: dict[str, ServerSelector[Server]],
+    ) -> None:
+        self.listen = listen
+        self.selector = selector
+        self.by_address = by_address
+        self.default = selector.default
+        values = self.default.conf.values
+        count, size = values["large_client_header_buffers"]
+        self.header_limits = (size, count)
+        self.header_timeout: float = values["client_header_timeout"]
+        self.server_tokens: bool = values["server_tokens"]
+        self.server_header = self.default.implicit.server_header
+
+    def local_address(self, transport: Any) -> tuple[str, str]:
+        if self.listen.path is not None:
+            return "unix:" + self.listen.path, ""
+        if self.listen.host and not self.by_address:
+            return self.listen.host, str(self.listen.port)
+        sockname = transport.get_extra_info("sockname")
+        return sockname[0], str(sockname[1])
+
+    def select(self, host: str, server_addr: str) -> Server:
+        selector = (
+            self.by_address.get(server_addr, self.selector) if self.by_address else self.selector
+        )
+        return selector.select(host)
+
+    # settings of the request's location, or of the default server before routing
+    def _location(self, request: Request | None) -> Location:
+        if request is not None and request.location is not None:
+            return request.location  # type: ignore[no-any-return]
+        return self.default.implicit
+
+    def send_timeout_of(self, request: Request | None) -> float:
+        return self._location(request).send_timeout
+
+    def body_timeout_of(self, request: Request) -> float:
+        return self._location(request).client_body_timeout
+
+    def body_limit_of(self, request: Request) -> int:
+        return self._location(request).client_max_body_size
+
+    def keepalive_timeout_of(self, request: Request) -> float:
+        return self._location(request).keepalive_timeout
+
+    def keep_alive_allows(self, request: Request, count: int) -> bool:
+        location = self._location(request)
+        return location.keepalive_timeout > 0 and count < location.keepalive_requests
+
+
+class Site:
+    def __init__(self, config: Config, error_log: ErrorLog, worker: Any = None) -> None:
+        self.config = config
+        self.error_log = error_log
+        self.worker = worker
+        self._log_files: dict[str, LogFile] = {}
+        self._formats = {name: compile_log_format(f) for name, f in config.http.log_formats.items()}
+        self.servers = [Server(self, conf) for conf in config.http.servers]
+        self.bindings: dict[SocketKey, Binding] = self._bind(self.servers)
+
+    # -- construction --------------------------------------------------------------
+
+    def access_logs(self, entries: Sequence[Any]) -> tuple[AccessLog, ...]:
+        logs = []
+        for entry in entries:
+            file = self._log_files.get(entry.path)
+            if file is None:
+                file = LogFile(entry.path, entry.buffer_size)
+                self._log_files[entry.path] = file
+            logs.append(AccessLog(file, self._formats[entry.format]))
+        return tuple(logs)
+
+    def make_handler(self, values: Mapping[str, Any], conf: LocationConf | None) -> Handler:
+        if values.get("return") is not None and conf is not None:
+            return ReturnHandler(values["return"])
+        prefix = conf.pattern if conf is not None and conf.regex is None else None
+        return StaticHandler(values, prefix)
+
+    def _bind(self, servers: list[Server]) -> dict[SocketKey, Binding]:
+        """Group servers by listening socket (see process/sockets.py): the servers of
+        a specific address reached through a wildcard socket are chosen by the
+        connection's local address."""
+        plan = sockets.plan(self.config)
+        wildcards = sockets.wildcard_ports(plan.values())
+        groups: dict[SocketKey, dict[str, list[tuple[Server, Listen]]]] = {}
+        for server in servers:
+            for listen in server.conf.listens:
+                key = sockets.socket_key(listen, wildcards)
+                sub = "" if key == listen.key or listen.path is not None else listen.host
+                groups.setdefault(key, {}).setdefault(sub, []).append((server, listen))
+        bindings = {}
+        for key, by_address in groups.items():
+            selectors = {sub: _selector(members) for sub, members in by_address.items()}
+            # a wildcard socket's own servers, else (only specific addresses) the first
+            main = selectors.pop("", None) or next(iter(selectors.values()))
+            bindings[key] = Binding(plan[key], main, selectors)
+        return bindings
+
+    def close(self) -> None:
+        for file in self._log_files.values():
+            file.close()
+
+    def flush_logs(self) -> None:
+        for file in self._log_files.values():
+            file.flush()
+
+    def reopen_logs(self) -> None:
+        for file in self._log_files.values():
+            file.reopen()
+
+    # -- requests ------------------------------------------------------------------
+
+    def dispatch(self, request: Request) -> None:
+        try:
+            conn = request.conn
+            host = request.host
+            server = conn.binding.select(normalize_host(host) if host else "", conn.server_addr)
+            request.server = server
+            if server.return_rule is not None:
+                request.location = server.implicit
+                self.answer_return(request, server.return_rule)
+                return
+            self.route(request)
+        except Exception:
+            self.internal_error(request)
+
+    def route(self, request: Request) -> None:
+        server = request.server
+        location, match = server.tree.find(request.path)
+        if location is None:
+            location = server.implicit
+        request.location = location
+        request.captures = match
+        self.run(request, location)
+
+    def run(self, request: Request, location: Location) -> None:
+        limit = location.client_max_body_size
+        if limit and request.content_length is not None and request.content_length > limit:
+            self.error(
+                request,
+                f"client intended to send too large body: {request.content_length} bytes",
+                level="error",
+            )
+            request.conn.send_error(request, 413)
+            return
+        location.handler.handle(request)
+
+    def internal_error(self, request: Request) -> None:
+        self.error(
+            request,
+            "unexpected error while handling the request:\n" + traceback.format_exc().rstrip(),
+            level="error",
+        )
+        if not request.headers_sent:
+            request.keep_alive = False
+            self.send_error(request, 500)
+        else:
+            request.conn.close()
+
+    def internal_redirect(self, request: Request, uri: str) -> None:
+        request.redirects += 1
+        if request.redirects > MAX_REDIRECTS:
+            self.error(
+                request,
+                f'rewrite or internal redirection cycle while internally redirecting to "{uri}"',
+            )
+            self.send_plain_error(request, 500)
+            return
+        path, _, query = uri.partition("?")
+        try:
+            request.path = normalize_path(path.encode("utf-8", "surrogateescape"))
+        except ProtocolError:
+            self.send_plain_error(request, 500)
+            return
+        if query:
+            request.query = query
+        self.route(request)
+
+    def named_redirect(self, request: Request, name: str) -> None:
+        location = request.server.tree.named(name)
+        if location is None:
+            self.error(request, f'could not find named location "@{name}"')
+            self.send_plain_error(request, 500)
+            return
+        request.redirects += 1
+        request.location = location
+        self.run(request, location)
+
+    def aborted(self, request: Request) -> None:
+        """The client went away mid-exchange; log what was done."""
+        if request.status == 0:
+            request.status = 499  # nginx's "client closed request"
+        request.finished = True
+        self.log(request)
+
+    # -- answers -------------------------------------------------------------------
+
+    def answer_return(self, request: Request, rule: Return) -> None:
+        status = rule.status
+        conn = request.conn
+        if status == 444:  # nginx: close without an answer
+            request.status = 444
+            request.finished = True
+            self.log(request)
+            conn.current = None
+            conn.close()
+            return
+        text = rule.body.render(request) if rule.body is not None else None
+        if status in _REDIRECT_STATUSES and text is not None:
+            self.send_error(request, status, location=text)
+        elif text is not None:
+            conn.send_response(request, status, self._default_type(request), text.encode())
+        else:
+            self.send_error(request, status)
+
+    def _default_type(self, request: Request) -> bytes:
+        location = request.location
+        values = location.conf.values if location.conf is not None else request.server.conf.values
+        return b"Content-Type: %b\r\n" % values["default_type"].encode("latin-1")
+
+    def send_error(
+        self, request: Request, status: int, extra: bytes = b"", location: str | None = None
+    ) -> None:
+        """An error (or redirect) answer, through ``error_page`` where configured."""
+        loc = request.location
+        if loc is not None and status >= 400 and request.redirects <= MAX_REDIRECTS:
+            page = loc.error_pages.get(status)
+            if page is not None and not request.error_status:
+                self._error_page(request, status, page)
+                return
+        self.send_plain_error(request, status, extra, location)
+
+    def send_plain_error(
+        self, request: Request, status: int, extra: bytes = b"", location: str | None = None
+    ) -> None:
+        conn = request.conn
+        if request.headers_sent:
+            conn.close()
+            return
+        loc = request.location
+        tokens = loc.server_tokens if loc is not None else conn.binding.server_tokens
+        if status >= 400 and not request.body.complete:
+            request.keep_alive = False if status in (408, 413) else request.keep_alive
+        headers = b"Content-Type: text/html\r\n" + extra
+        if location is not None:
+            headers += encode_headers([("Location", location)])
+        body = error_page(status, tokens) if status >= 300 or location else b""
+        conn.send_response(request, status, headers, body)
+
+    def _error_page(self, request: Request, status: int, page: ErrorPage) -> None:
+        target = page.uri.render(request)
+        if target.startswith(("http://", "https://")):
+            code = page.response_status if page.response_status in _REDIRECT_STATUSES else 302
+            self.send_plain_error(request, code, location=target)
+            return
+        # the answer of the error page's URI goes out with this status; -1 keeps the
+        # status of that answer ("error_page 404 = /fallback;")
+        request.error_status = (
+            status if page.response_status is None else (page.response_status or -1)
+        )
+        if request.method != "HEAD":
+            request.method = "GET"
+        request.redirects += 1
+        if target.startswith("@"):
+            self.named_redirect(request, target[1:])
+        else:
+            self.internal_redirect(request, target)
+
+    def redirect_to_directory(self, request: Request, uri: str) -> None:
+        """A directory asked without its trailing slash: 301 to the slashed URI."""
+        target = quote_path(uri + "/")
+        if request.query:
+            target += "?" + request.query
+        values = request.server.conf.values
+        if values["absolute_redirect"]:
+            host = normalize_host(request.host) if request.host else request.server.name
+            if not host:
+                host = request.conn.server_addr
+            port = request.conn.server_port
+            target = f"http://{host}{'' if port in ('80', '') else ':' + port}{target}"
+        self.send_error(request, 301, location=target)
+
+    # -- logging -------------------------------------------------------------------
+
+    def log(self, request: Request) -> None:
+        location = request.location
+        logs = (
+            location.access_logs
+            if location is not None
+            else request.conn.binding.default.implicit.access_logs
+        )
+        for log in logs:
+            log.write(request)
+
+    def error(self, request: Request, message: str, level: str = "error") -> None:
+        if self.error_log.enabled(level):
+            self.error_log.log(level, message + context(request), request.conn.number)
+
+    def log_timeout(self, request: Request, message: str) -> None:
+        self.error(request, message, level="info")
+
+    def log_protocol_error(self, conn: HttpConnection, error: ProtocolError) -> None:
+        level = "info"  # nginx logs client errors at info
+        if self.error_log.enabled(level):
+            self.error_log.log(
+                level,
+                f"client sent a bad request ({error.status}): {error}, client: {conn.remote_addr}",
+                conn.number,
+            )
+
+    def log_rejected(self, conn: HttpConnection, status: int, sent: int) -> None:
+        """Access log line for a request that never became a Request (unparsable)."""
+        logs = conn.binding.default.implicit.access_logs
+        if not logs:
+            return
+        stub = _Rejected(conn, status, sent)
+        for log in logs:
+            log.write(stub)
+
+
+def _selector(members: list[tuple[Server, Listen]]) -> ServerSelector[Server]:
+    servers: list[Server] = []
+    default = None
+    for server, listen in members:
+        if server not in servers:
+            servers.append(server)
+        if listen.default_server and default is None:
+            default = server
+    return ServerSelector(servers, default or servers[0])
+
+
+class _Rejected:
+    """What the access log sees of a request that could not be parsed: nginx logs
+    these too, with the status and an empty request line."""
+
+    def __init__(self, conn: HttpConnection, status: int, sent: int) -> None:
+        import time
+
+        self.conn = conn
+        self.status = status
+        self.bytes_sent = sent
+        self.body_bytes_sent = sent
+        self.headers: dict[str, str] = {}
+        self.method = ""
+        self.target_str = ""
+        self.version = "1.1"
+        self.query = ""
+        self.path = ""
+        self.host = ""
+        self.server = None
+        self.server_name = ""
+        self.start_wall = time.time()
+        self.start = time.monotonic()
+        self.request_length = 0
+        self.response_headers: list[tuple[str, str]] = []
+        self.document_root = self.request_filename = self.proxy_host = ""
+        self.upstream_addr = self.upstream_status = None
+        self.upstream_response_time = self.upstream_connect_time = None
+        self.captures = None
+
+    def elapsed(self) -> float:
+        import time
+
+        return time.monotonic() - self.start

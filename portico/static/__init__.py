@@ -1,0 +1,1 @@
+"""Static files: path resolution, conditional requests and ranges, MIME types, listings."""

@@ -1,0 +1,80 @@
+"""Deadlines for many connections without a timer object per connection.
+
+A connection keeps its deadline in a float attribute and is filed in a bucket of a
+coarse wheel (``resolution`` seconds wide). Moving a deadline later, which is what
+every request on a keep-alive connection does, costs one attribute store: the entry
+stays in its earlier bucket and is re-filed only when that bucket comes due. Moving it
+earlier files it again in the earlier bucket and the old entry goes stale (a stale
+entry is recognised by ``wheel_slot`` no longer naming its bucket).
+
+Rules (the invariant the code keeps):
+
+- ``item.wheel_slot`` is 0 when the item is filed nowhere, else the bucket that holds
+  its live entry, which is never later than the bucket of ``item.deadline``;
+- ``expire(now)`` calls ``item.on_timeout()`` exactly once for each item whose deadline
+  is due, and only if the deadline is still set (None means no timeout).
+
+Pure: the caller passes the time in.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Timed(Protocol):
+    deadline: float | None
+    wheel_slot: int
+
+    def on_timeout(self) -> None: ...
+
+
+class Wheel:
+    __slots__ = ("_buckets", "_next", "resolution")
+
+    def __init__(self, resolution: float = 0.25, now: float = 0.0) -> None:
+        self.resolution = resolution
+        self._buckets: dict[int, list[Timed]] = {}
+        self._next = int(now / resolution)
+
+    def bucket(self, deadline: float) -> int:
+        # the first bucket that ends at or after the deadline (never early)
+        return int(deadline / self.resolution) + 1
+
+    def watch(self, item: Timed) -> None:
+        """File ``item`` by its current deadline (call after setting an earlier one)."""
+        deadline = item.deadline
+        if deadline is None:
+            return
+        slot = max(int(deadline / self.resolution) + 1, self._next)
+        if item.wheel_slot == 0 or slot < item.wheel_slot:
+            item.wheel_slot = slot
+            bucket = self._buckets.get(slot)
+            if bucket is None:
+                self._buckets[slot] = [item]
+            else:
+                bucket.append(item)
+
+    def expire(self, now: float) -> None:
+        current = int(now / self.resolution)
+        buckets = self._buckets
+        while self._next <= current:
+            slot = self._next
+            self._next += 1
+            due = buckets.pop(slot, None)
+            if not due:
+                continue
+            for item in due:
+                if item.wheel_slot != slot:
+                    continue  # stale: filed again in an earlier bucket
+                item.wheel_slot = 0
+                deadline = item.deadline
+                if deadline is None:
+                    continue
+                if deadline <= now:
+                    item.on_timeout()
+                else:
+                    self.watch(item)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())

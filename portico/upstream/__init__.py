@@ -1,0 +1,1 @@
+"""Upstream groups: load balancing (pure), peer health and the keep-alive pool."""

@@ -1,0 +1,242 @@
+"""``$variables`` in config strings, compiled once per config load.
+
+A string such as ``"$scheme://$host$request_uri"`` is split at load time into literal
+pieces and getter functions; at request time ``Template.render(request)`` only calls
+the getters and joins. An unknown variable is a config error at load time, as in nginx.
+
+Getters read attributes of the request object (``portico.http.request.Request``) and of
+its connection; they never raise for a missing value: nginx renders an unset variable
+as the empty string (and the access log shows ``-`` where its format says so).
+
+    variable = "$" name / "${" name "}"
+    name     = 1*( ALPHA / DIGIT / "_" )
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from portico import __version__
+
+Getter = Callable[[Any], str]
+
+_VARIABLE_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+
+
+class UnknownVariable(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A compiled string with variables; ``render`` is what runs per request."""
+
+    source: str
+    parts: tuple[str | Getter, ...]
+
+    @property
+    def is_constant(self) -> bool:
+        return all(isinstance(p, str) for p in self.parts)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(m.group(1) or m.group(2) for m in _VARIABLE_RE.finditer(self.source))
+
+    def render(self, request: Any) -> str:
+        parts = self.parts
+        if len(parts) == 1:
+            part = parts[0]
+            return part if isinstance(part, str) else part(request)
+        return "".join(p if isinstance(p, str) else p(request) for p in parts)
+
+
+def compile_template(source: str, captures: Iterable[str] = ()) -> Template:
+    """Compile ``source``; ``captures`` names the regex groups the config defines."""
+    parts: list[str | Getter] = []
+    position = 0
+    named = frozenset(captures)
+    for match in _VARIABLE_RE.finditer(source):
+        if match.start() > position:
+            parts.append(source[position : match.start()])
+        parts.append(variable_getter(match.group(1) or match.group(2), named))
+        position = match.end()
+    if position < len(source) or not parts:
+        parts.append(source[position:])
+    return Template(source, tuple(parts))
+
+
+# ---------------------------------------------------------------------------------
+# The variables. Each getter takes the request; ``request.conn`` is its connection.
+
+
+def _header(name: str) -> Getter:
+    key = name.replace("_", "-").lower()
+    return lambda r: r.headers.get(key, "")
+
+
+def _sent_header(name: str) -> Getter:
+    key = name.replace("_", "-").lower()
+
+    def get(r: Any) -> str:
+        for header_name, value in r.response_headers:
+            if header_name.lower() == key:
+                return str(value)
+        return ""
+
+    return get
+
+
+def _argument(name: str) -> Getter:
+    def get(r: Any) -> str:
+        for pair in r.query.split("&"):
+            key, _, value = pair.partition("=")
+            if key == name:
+                return value
+        return ""
+
+    return get
+
+
+def _cookie(name: str) -> Getter:
+    def get(r: Any) -> str:
+        for pair in r.headers.get("cookie", "").split(";"):
+            key, _, value = pair.strip().partition("=")
+            if key == name:
+                return value
+        return ""
+
+    return get
+
+
+def _capture(index: int | str) -> Getter:
+    def get(r: Any) -> str:
+        match = r.captures
+        if match is None:
+            return ""
+        try:
+            return match.group(index) or ""
+        except IndexError:
+            return ""
+
+    return get
+
+
+def _host(r: Any) -> str:
+    host = r.host
+    return host if host else r.server_name
+
+
+def _request_line(r: Any) -> str:
+    if not r.method:
+        return ""  # a request that could not be parsed
+    return f"{r.method} {r.target_str} HTTP/{r.version}"
+
+
+_time_local_cache: list[Any] = [-1, ""]
+
+
+def _time_local(r: Any) -> str:
+    # formatted once per second: the access log asks for it on every request
+    second = int(r.start_wall)
+    cache = _time_local_cache
+    if cache[0] != second:
+        cache[0] = second
+        cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+    return cache[1]  # type: ignore[no-any-return]
+
+
+def _time_iso8601(r: Any) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start_wall))
+
+
+def _binary_remote_addr(r: Any) -> str:
+    # A str holding the packed address bytes, so it can key zones like nginx's.
+    conn = r.conn
+    try:
+        family = socket.AF_INET6 if ":" in conn.remote_addr else socket.AF_INET
+        return socket.inet_pton(family, conn.remote_addr).decode("latin-1")
+    except OSError:
+        return conn.remote_addr
+
+
+def _proxy_add_x_forwarded_for(r: Any) -> str:
+    previous = r.headers.get("x-forwarded-for")
+    return f"{previous}, {r.conn.remote_addr}" if previous else r.conn.remote_addr
+
+
+_HOSTNAME = socket.gethostname()
+
+# name → getter. Keep the list in docs/configuration.md's variables section in step
+# (a test checks it).
+VARIABLES: dict[str, Getter] = {
+    "args": lambda r: r.query,
+    "query_string": lambda r: r.query,
+    "is_args": lambda r: "?" if r.query else "",
+    "binary_remote_addr": _binary_remote_addr,
+    "body_bytes_sent": lambda r: str(r.body_bytes_sent),
+    "bytes_sent": lambda r: str(r.bytes_sent),
+    "connection": lambda r: str(r.conn.number),
+    "connection_requests": lambda r: str(r.conn.requests),
+    "content_length": lambda r: r.headers.get("content-length", ""),
+    "content_type": lambda r: r.headers.get("content-type", ""),
+    "document_root": lambda r: r.document_root,
+    "host": _host,
+    "hostname": lambda r: _HOSTNAME,
+    "msec": lambda r: f"{time.time():.3f}",
+    "pid": lambda r: str(os.getpid()),
+    "portico_version": lambda r: __version__,
+    "proxy_add_x_forwarded_for": _proxy_add_x_forwarded_for,
+    "proxy_host": lambda r: r.proxy_host,
+    "remote_addr": lambda r: r.conn.remote_addr,
+    "remote_port": lambda r: str(r.conn.remote_port),
+    "remote_user": lambda r: "",
+    "request": _request_line,
+    "request_filename": lambda r: r.request_filename,
+    "request_length": lambda r: str(r.request_length),
+    "request_method": lambda r: r.method,
+    "request_time": lambda r: f"{r.elapsed():.3f}",
+    "request_uri": lambda r: r.target_str,
+    "scheme": lambda r: "http",
+    "server_addr": lambda r: r.conn.server_addr,
+    "server_name": lambda r: r.server_name,
+    "server_port": lambda r: r.conn.server_port,
+    "server_protocol": lambda r: f"HTTP/{r.version}",
+    "status": lambda r: str(r.status),
+    "time_iso8601": _time_iso8601,
+    "time_local": _time_local,
+    "uri": lambda r: r.path,
+    "document_uri": lambda r: r.path,
+    "upstream_addr": lambda r: r.upstream_addr or "",
+    "upstream_status": lambda r: r.upstream_status or "",
+    "upstream_response_time": lambda r: r.upstream_response_time or "",
+    "upstream_connect_time": lambda r: r.upstream_connect_time or "",
+}
+
+# Families: "$http_user_agent" reads the User-Agent header, and so on.
+PREFIXES: dict[str, Callable[[str], Getter]] = {
+    "http_": _header,
+    "sent_http_": _sent_header,
+    "arg_": _argument,
+    "cookie_": _cookie,
+}
+
+
+def variable_getter(name: str, captures: frozenset[str] = frozenset()) -> Getter:
+    """The getter for ``$name``; raises UnknownVariable for a name nginx would reject."""
+    if name.isdigit():
+        return _capture(int(name))
+    if name in captures:
+        return _capture(name)
+    getter = VARIABLES.get(name)
+    if getter is not None:
+        return getter
+    for prefix, family in PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return family(name[len(prefix) :])
+    raise UnknownVariable(f'unknown "{name}" variable')
