@@ -88,23 +88,25 @@ class ServerSelector(Generic[S]):
     def default(self) -> S:
         return self._default
 
-    def select(self, host: str) -> S:
-        """The server for a normalized Host value ("" when the request had none)."""
+    def select(self, host: str) -> tuple[S, re.Match[str] | None]:
+        """The server for a normalized Host value ("" when the request had none), and
+        the match when a regex name chose it (its groups become variables)."""
         server = self._exact.get(host)
         if server is not None:
-            return server
+            return server, None
         if not host:
-            return self._default
+            return self._default, None
         for suffix, server in self._head:
             if host.endswith(suffix):
-                return server
+                return server, None
         for prefix, server in self._tail:
             if host.startswith(prefix):
-                return server
+                return server, None
         for regex, server in self._regexes:
-            if regex.search(host):
-                return server
-        return self._default
+            match = regex.search(host)
+            if match is not None:
+                return server, match
+        return self._default, None
 
 
 class LocationLike(Protocol):

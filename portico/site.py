@@ -29,7 +29,7 @@ from portico.http.uri import normalize_path, quote_path
 from portico.logs import AccessLog, ErrorLog, LogFile, compile_log_format, context
 from portico.process import sockets
 from portico.process.sockets import SocketKey
-from portico.routing import LocationTree, ServerSelector, normalize_host
+from portico.routing import LocationTree, ServerSelector
 from portico.static.handler import StaticHandler
 
 if TYPE_CHECKING:
@@ -267,8 +267,10 @@ class Site:
         try:
             conn = request.conn
             host = request.host
-            server = conn.binding.select(normalize_host(host) if host else "", conn.server_addr)
+            server, match = conn.binding.select(host, conn.server_addr)
             request.server = server
+            if match is not None:
+                request.captures = request.server_captures = match
             if server.return_rule is not None:
                 request.location = server.implicit
                 self.answer_return(request, server.return_rule)
@@ -283,7 +285,8 @@ class Site:
         if location is None:
             location = server.implicit
         request.location = location
-        request.captures = match
+        if match is not None:
+            request.captures = match
         self.run(request, location)
 
     def run(self, request: Request, location: Location) -> None:
@@ -426,7 +429,7 @@ class Site:
             target += "?" + request.query
         values = request.server.conf.values
         if values["absolute_redirect"]:
-            host = normalize_host(request.host) if request.host else request.server.name
+            host = request.host or request.server.name
             if not host:
                 host = request.conn.server_addr
             port = request.conn.server_port
@@ -509,7 +512,7 @@ class _Rejected:
         self.document_root = self.request_filename = self.proxy_host = ""
         self.upstream_addr = self.upstream_status = None
         self.upstream_response_time = self.upstream_connect_time = None
-        self.captures = None
+        self.captures = self.server_captures = None
 
     def elapsed(self) -> float:
         import time

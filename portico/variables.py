@@ -116,13 +116,14 @@ def _cookie(name: str) -> Getter:
 
 def _capture(index: int | str) -> Getter:
     def get(r: Any) -> str:
-        match = r.captures
-        if match is None:
-            return ""
-        try:
-            return match.group(index) or ""
-        except IndexError:
-            return ""
+        # a named group of server_name stays available after a location regex matched
+        for match in (r.captures, r.server_captures):
+            if match is not None:
+                try:
+                    return match.group(index) or ""
+                except IndexError:
+                    continue
+        return ""
 
     return get
 

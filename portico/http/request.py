@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from portico.http.parser import RequestHead
-from portico.http.uri import normalize_path, split_target
+from portico.http.uri import normalize_path, split_target, target_authority
+from portico.routing import normalize_host
 
 if TYPE_CHECKING:
     from portico.http.protocol import HttpConnection
@@ -111,6 +112,7 @@ class Request:
         "response_chunked",
         "response_headers",
         "server",
+        "server_captures",
         "start",
         "start_wall",
         "status",
@@ -136,11 +138,17 @@ class Request:
         raw_path, raw_query = split_target(head.target)
         self.path = normalize_path(raw_path)
         self.query = raw_query.decode("latin-1")
-        host = head.headers.get("host", "")
-        self.host = host
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
+        authority = target_authority(head.target)
+        host = (
+            authority.decode("latin-1") if authority is not None else head.headers.get("host", "")
+        )
+        self.host = normalize_host(host) if host else ""
         self.server: Any = None
         self.location: Any = None
+        # the last regex match (location or server_name): $1..$9 and named groups
         self.captures: re.Match[str] | None = None
+        self.server_captures: re.Match[str] | None = None
         self.redirects = 0
         self.error_status = 0  # set while an error_page answers (see Site.send_error)
         self.body = RequestBody(conn)

@@ -31,7 +31,7 @@ class FilePump:
     Owns ``fd`` and closes it when finished, whatever happens.
     """
 
-    __slots__ = ("_done", "_fd", "_offset", "_remaining", "_socket_fd", "conn")
+    __slots__ = ("_done", "_fd", "_offset", "_remaining", "_socket_fd", "conn", "sent")
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class FilePump:
         self._fd = fd
         self._offset = offset
         self._remaining = count
+        self.sent = 0  # bytes handed to the kernel or the transport
         self._done = done
         socket_fd = -1
         if use_sendfile:
@@ -79,6 +80,7 @@ class FilePump:
                     if sent > 0:
                         self._offset += sent
                         self._remaining -= sent
+                        self.sent += sent
                         continue
                     if sent == 0:
                         self._finish(False)  # the file shrank under us
@@ -90,6 +92,7 @@ class FilePump:
                 transport.write(chunk)
                 self._offset += len(chunk)
                 self._remaining -= len(chunk)
+                self.sent += len(chunk)
                 if transport.get_write_buffer_size() > 0:
                     conn.when_writable(self._pump)
                     return

@@ -242,14 +242,16 @@ class StaticHandler:
             return
 
         def done(ok: bool) -> None:
-            if ok:
-                conn.finish(request)
-            else:
+            request.body_bytes_sent += pump.sent
+            request.bytes_sent += pump.sent
+            if not ok:
                 request.keep_alive = False
-                conn.finish(request)
+            conn.finish(request)
+            if not ok:
                 conn.close()
 
-        FilePump(conn, fd, offset, count, self.sendfile, done).start()
+        pump = FilePump(conn, fd, offset, count, self.sendfile, done)
+        pump.start()
 
     def _load(
         self, filename: str, key: tuple[int, int, int], mtime: float, size: int

@@ -1,0 +1,75 @@
+"""Variables are compiled once and rendered from a request."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from portico.variables import UnknownVariable, compile_template
+
+
+class Conn:
+    remote_addr = "127.0.0.5"
+    remote_port = 4242
+    server_addr = "127.0.0.1"
+    server_port = "8080"
+    number = 7
+    requests = 3
+
+
+class FakeRequest:
+    """A request as the getters see it (plain attributes)."""
+
+    conn = Conn()
+    method = "GET"
+    target_str = "/a%20b?x=1&y=2"
+    path = "/a b"
+    query = "x=1&y=2"
+    version = "1.1"
+    host = "example.com"
+    server_name = "srv"
+    headers = {"user-agent": "curl/8", "x-forwarded-for": "10.0.0.1", "cookie": "a=1; b=2"}
+    status = 200
+    captures = re.match(r"/(?P<first>\w)(.*)", "/a b")
+    server_captures = None
+
+
+@pytest.mark.parametrize(
+    ("source", "rendered"),
+    [
+        ("plain", "plain"),
+        ("$host", "example.com"),
+        ("${host}x", "example.comx"),
+        ("$scheme://$host$request_uri", "http://example.com/a%20b?x=1&y=2"),
+        ("$remote_addr:$remote_port", "127.0.0.5:4242"),
+        ("$uri?$args", "/a b?x=1&y=2"),
+        ("$request_method $server_protocol $server_port", "GET HTTP/1.1 8080"),
+        ("$http_user_agent|$http_missing|", "curl/8||"),
+        ("$arg_y $arg_z.", "2 ."),
+        ("$cookie_b", "2"),
+        ("$1|$2|$first", "a| b|a"),
+        ("$proxy_add_x_forwarded_for", "10.0.0.1, 127.0.0.5"),
+        ("$request", "GET /a%20b?x=1&y=2 HTTP/1.1"),
+        ("$is_args", "?"),
+        ("cost: $5", "cost: "),
+    ],
+)
+def test_render(source: str, rendered: str) -> None:
+    assert compile_template(source, captures=["first"]).render(FakeRequest()) == rendered
+
+
+def test_constant_templates_are_known() -> None:
+    assert compile_template("text").is_constant
+    assert not compile_template("$host").is_constant
+
+
+def test_unknown_variable_is_a_load_time_error() -> None:
+    with pytest.raises(UnknownVariable, match='unknown "nope" variable'):
+        compile_template("a $nope b")
+
+
+def test_named_capture_must_be_declared() -> None:
+    with pytest.raises(UnknownVariable):
+        compile_template("$user")
+    assert compile_template("$user", captures=["user"]).variables == ("user",)
