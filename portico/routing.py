@@ -41,14 +41,28 @@ class NamedServer(Protocol):
 S = TypeVar("S", bound=NamedServer)
 
 
+_HOSTS: dict[str, str] = {}
+_HOSTS_MAX = 4096
+
+
 def normalize_host(host: str) -> str:
-    """``Example.COM:8080`` → ``example.com``; ``[::1]:80`` → ``[::1]``."""
+    """``Example.COM:8080`` → ``example.com``; ``[::1]:80`` → ``[::1]``.
+
+    Clients send the same few Host values again and again: the answers are
+    remembered (a bounded table, emptied when full)."""
+    name = _HOSTS.get(host)
+    if name is not None:
+        return name
     if host.startswith("["):
         end = host.find("]")
-        host = host[: end + 1] if end >= 0 else host
+        name = host[: end + 1] if end >= 0 else host
     else:
-        host = host.partition(":")[0]
-    return host.rstrip(".").lower()
+        name = host.partition(":")[0]
+    name = name.rstrip(".").lower()
+    if len(_HOSTS) >= _HOSTS_MAX:
+        _HOSTS.clear()
+    _HOSTS[host] = name
+    return name
 
 
 class ServerSelector(Generic[S]):

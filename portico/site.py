@@ -108,6 +108,9 @@ class Location:
             for child in (conf.locations if conf else ())
         )
 
+    def keep_alive_allows(self, requests: int) -> bool:
+        return self.keepalive_timeout > 0 and requests < self.keepalive_requests
+
     def extra_headers(self, request: Request, status: int) -> bytes:
         lines = [
             (h.name, h.value.render(request))
@@ -195,10 +198,6 @@ class Binding:
 
     def keepalive_timeout_of(self, request: Request) -> float:
         return self._location(request).keepalive_timeout
-
-    def keep_alive_allows(self, request: Request, count: int) -> bool:
-        location = self._location(request)
-        return location.keepalive_timeout > 0 and count < location.keepalive_requests
 
 
 class Site:
@@ -505,8 +504,7 @@ class _Rejected:
         self.host = ""
         self.server = None
         self.server_name = ""
-        self.start_wall = time.time()
-        self.start = time.monotonic()
+        self.start = time.time()
         self.request_length = 0
         self.response_headers: list[tuple[str, str]] = []
         self.document_root = self.request_filename = self.proxy_host = ""
@@ -517,4 +515,4 @@ class _Rejected:
     def elapsed(self) -> float:
         import time
 
-        return time.monotonic() - self.start
+        return time.time() - self.start

@@ -144,7 +144,7 @@ _time_local_cache: list[Any] = [-1, ""]
 
 def _time_local(r: Any) -> str:
     # formatted once per second: the access log asks for it on every request
-    second = int(r.start_wall)
+    second = int(r.start)
     cache = _time_local_cache
     if cache[0] != second:
         cache[0] = second
@@ -153,7 +153,7 @@ def _time_local(r: Any) -> str:
 
 
 def _time_iso8601(r: Any) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start_wall))
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start))
 
 
 def _binary_remote_addr(r: Any) -> str:

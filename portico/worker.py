@@ -41,7 +41,7 @@ class WorkerContext:
         self.wheel = Wheel(TICK, time.monotonic())
         self.connections: set[HttpConnection] = set()
         self.accepting = True
-        self._date = DateClock()
+        self.date = DateClock()
         self._connection_numbers = 0
         self.stopped: asyncio.Future[None] | None = None
 
@@ -63,11 +63,7 @@ class WorkerContext:
             self.stopped.set_result(None)
 
     def date_header(self) -> bytes:
-        return self._date.update(time.time())
-
-    @staticmethod
-    def wall_time() -> float:
-        return time.time()
+        return self.date.update(time.time())
 
 
 class Worker:

@@ -14,9 +14,12 @@ Framing rules (RFC 9112 §6, and nginx's answers):
 
 - ``Transfer-Encoding`` together with ``Content-Length``            → 400
 - two ``Content-Length`` headers (even equal ones)                  → 400
+- two ``Transfer-Encoding`` or two ``Host`` header lines            → 400
 - a ``Transfer-Encoding`` other than exactly ``chunked``            → 501
+- a ``Transfer-Encoding`` in an HTTP/1.0 request                    → 400
+- an HTTP/1.1 request without ``Host``                              → 400
 - HTTP/2.0 and later on an HTTP/1 connection                        → 505
-- HTTP/0.9 (a request line without a version)                       → 400
+- HTTP/0.9 (a request line without a version), HTTP/0.x             → 400
 - a request line (method, target, version) longer than the buffer   → 414
 - a header line longer than the buffer, or a head longer than
   NUMBER x SIZE of ``large_client_header_buffers``                  → 431
@@ -26,6 +29,26 @@ Framing rules (RFC 9112 §6, and nginx's answers):
 We answer 431 (RFC 6585) where nginx answers 400 with "Request Header Or Cookie Too
 Large": the newer code says exactly what is wrong. Trailers of chunked bodies are read
 and dropped. httptools' callbacks only record; every decision is made here.
+
+The events must not depend on how the bytes were split into reads (framing bugs hide
+at buffer boundaries; tests/unit/test_parser.py feeds its corpus whole, by lines, by
+bytes and in random splits). Hence:
+
+- the size of a head is counted from what the callbacks report (request target, header
+  names and values), not from the reads it arrived in; the count of raw bytes fed
+  while a head is unfinished only bounds the memory httptools may buffer for a line
+  that never ends;
+- a field value loses its trailing whitespace (``OWS`` in RFC 9112 §5: httptools drops
+  the leading one only), so ``Content-Length: 5 `` and ``Transfer-Encoding: chunked ``
+  mean what they say;
+- an ``Upgrade`` (or ``CONNECT``) request makes httptools stop at the end of its head
+  and hand back the rest of that read, then carry on parsing later reads as HTTP. No
+  handler switches protocols yet, so the rest is parsed at once, like the later reads:
+  a request pipelined behind an Upgrade request is answered whatever the split.
+  (``upgrade_data`` keeps those bytes for the tunnel that will need them.)
+
+HTTP/1.x with a minor version above 1 is read as HTTP/1.1 (RFC 9112 §2.3), and any
+version from 2 on gets 505 rather than httptools' generic "invalid version" (400).
 """
 
 from __future__ import annotations
@@ -95,6 +118,7 @@ class RequestReader:
 
     __slots__ = (
         "_head_bytes",
+        "_head_length",
         "_head_size",
         "_header_line_size",
         "_headers",
@@ -111,6 +135,9 @@ class RequestReader:
 
     def __init__(self, line_size: int = 8192, header_count: int = 4) -> None:
         self._parser = httptools.HttpRequestParser(self)
+        # any "HTTP/d.d" passes httptools, so that on_headers_complete can tell 2.0+
+        # (505) and 1.2 (read as 1.1) from garbage; nothing else is relaxed
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self._line_size = line_size
         self._header_line_size = line_size
         self._head_size = line_size * header_count + line_size
@@ -121,7 +148,8 @@ class RequestReader:
         self._transfer_encoding: bytes | None = None
         self._in_head = False
         self._in_trailers = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes fed while the head is unfinished
+        self._head_length = 0  # the head's size, from the callbacks (split-proof)
         # bytes that followed an Upgrade (or CONNECT) request: they belong to the tunnel
         self.upgrade_data: bytes | None = None
 
@@ -140,7 +168,13 @@ class RequestReader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self.upgrade_data = data[upgrade.args[0] :]
+            # httptools has already resumed: later reads are parsed as HTTP, so this
+            # one's rest must be too, or the result would depend on the split
+            rest = data[upgrade.args[0] :]
+            self.upgrade_data = rest
+            if rest:
+                self.feed(rest)
+            return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, RemoteProtocolError):
@@ -148,7 +182,9 @@ class RequestReader:
             raise RemoteProtocolError(f"invalid request: {e}") from None
         except httptools.HttpParserError as e:
             raise self._error(e) from None
-        if self._in_head and self._head_bytes > self._head_size:
+        # a head's size is checked exactly by the callbacks; this bound (one unfinished
+        # line more than a head may hold) only caps what httptools buffers out of sight
+        if self._in_head and self._head_bytes > self._head_size + self._line_size:
             raise RemoteProtocolError("request header too large", 431)
 
     def _error(self, error: Exception) -> RemoteProtocolError:
@@ -161,7 +197,19 @@ class RequestReader:
         if isinstance(error, httptools.HttpParserInvalidMethodError):
             return RemoteProtocolError("invalid method")
         message = str(error.args[0]) if error.args else type(error).__name__
+        if self._in_head and "Transfer-Encoding" in message and "Content-Length" not in message:
+            if self._transfer_encoding is not None:
+                # httptools checks the second line before on_header sees it
+                return RemoteProtocolError("duplicate Transfer-Encoding header")
+            # httptools refuses "chunked, chunked" (chunked twice, or not last) in the
+            # value itself: a coding we do not implement, as nginx answers
+            return RemoteProtocolError(f"unsupported transfer encoding: {message}", 501)
         return RemoteProtocolError(f"invalid request: {message}")
+
+    def _count_head(self, size: int) -> None:
+        self._head_length += size
+        if self._head_length > self._head_size:
+            raise RemoteProtocolError("request header too large", 431)
 
     # -- httptools callbacks: record only ----------------------------------------
 
@@ -169,6 +217,7 @@ class RequestReader:
         self._in_head = True
         self._head_bytes = 0
         self._in_trailers = False
+        self._head_length = 0
         self._url = b""
         self._raw_headers = []
         self._headers = {}
@@ -178,40 +227,55 @@ class RequestReader:
         self._url += url
         if len(self._url) > self._line_size:
             raise RemoteProtocolError("request URI too long", 414)
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             return
+        # field-value = *field-content, surrounded by OWS (SP / HTAB) that is not part
+        # of it; httptools has skipped the leading OWS, the trailing is still there
+        value = value.rstrip(b" \t")
         if len(name) + len(value) + 2 > self._header_line_size:
             raise RemoteProtocolError("request header line too large", 431)
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
         self._raw_headers.append((name, value))
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
         if previous is None:
             self._headers[key] = text
+        elif key == "host" or key == "transfer-encoding":
+            # RFC 9112 §3.2 (Host: MUST 400); two framing headers are a smuggling
+            # attempt whatever they say (nginx: "client sent duplicate header line")
+            raise RemoteProtocolError(f"duplicate {name.decode('latin-1')} header")
         else:
             self._headers[key] = previous + ("; " if key == "cookie" else ", ") + text
         if key == "transfer-encoding":
-            self._transfer_encoding = (
-                value
-                if self._transfer_encoding is None
-                else self._transfer_encoding + b", " + value
-            )
+            self._transfer_encoding = value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
-        if version == "0.9":
-            raise RemoteProtocolError("HTTP/0.9 is not supported")
-        if version[0] != "1":
+        major = version[0]
+        if major == "0":
+            raise RemoteProtocolError(f"HTTP/{version} is not supported")
+        if major != "1":
             raise RemoteProtocolError("HTTP version not supported", 505)
+        if version != "1.0":
+            version = "1.1"  # 1.2 and later minors: as 1.1 (RFC 9112 §2.3)
+        method = parser.get_method().decode("ascii")
+        self._count_head(len(method) + 14)  # two spaces, "HTTP/1.1", two CRLFs
         headers = self._headers
         chunked = False
         if self._transfer_encoding is not None:
+            if version == "1.0":
+                # RFC 9112 §6.1: the framing of such a message cannot be trusted
+                raise RemoteProtocolError("Transfer-Encoding in an HTTP/1.0 request")
             if self._transfer_encoding.lower() != b"chunked":
                 raise RemoteProtocolError("unsupported transfer encoding", 501)
             chunked = True
+        if version == "1.1" and "host" not in headers:
+            raise RemoteProtocolError("HTTP/1.1 request without a Host header")
         content_length = None
         length_text = headers.get("content-length")
         if length_text is not None:
@@ -221,7 +285,7 @@ class RequestReader:
         self._in_trailers = True
         self.events.append(
             RequestHead(
-                parser.get_method().decode("ascii"),
+                method,
                 self._url,
                 version,
                 self._raw_headers,

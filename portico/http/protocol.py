@@ -115,19 +115,19 @@ class HttpConnection(asyncio.Protocol):
         self._set_deadline(self.binding.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        state = self.state
-        if state == LINGER:
+        if self.state == LINGER:
             return
-        if state == IDLE:
-            # the first byte of a request: its whole head must come within the timeout
-            self.state = HEAD
-            self._set_deadline(self.binding.header_timeout)
         try:
             self.reader.feed(data)
         except ProtocolError as e:
             self.reject(e)
             return
         self._process()
+        if self.state == IDLE and self.reader.in_head:
+            # a head has begun and is not complete: all of it must come within the
+            # timeout, counted from now (a complete head never pays for this timer)
+            self.state = HEAD
+            self._set_deadline(self.binding.header_timeout)
 
     def eof_received(self) -> bool | None:
         if self.state == LINGER or (self.current is None and not self.reader.in_head):
@@ -196,11 +196,10 @@ class HttpConnection(asyncio.Protocol):
                     reading = self.reading
                     if reading is not None:
                         self._body_piece(reading, event)  # type: ignore[arg-type]
-            self._flow_control()
+            if events or self.reading_paused or self.reading is not None:
+                self._flow_control()
         finally:
             self._processing = False
-        if self.state == IDLE and self.reader.in_head:
-            self.state = HEAD
 
     def _body_piece(self, request: Request, data: bytes) -> None:
         body = request.body
@@ -229,18 +228,14 @@ class HttpConnection(asyncio.Protocol):
         self.requests += 1
         self.state = BUSY
         self.deadline = None
-        worker = self.worker
         try:
-            request = Request(self, head, time.monotonic(), worker.wall_time())
+            request = Request(self, head, time.time())
         except RemoteProtocolError as e:
             self.reject(e)
             return
         self.current = request
-        has_body = head.chunked or bool(head.content_length)
-        self.reading = request if has_body else None
-        if not has_body:
-            request.body.complete = True
-        worker.site.dispatch(request)
+        self.reading = request if head.chunked or head.content_length else None
+        self.worker.site.dispatch(request)
 
     # -- answering -----------------------------------------------------------------
 
@@ -260,11 +255,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _framing(self, request: Request, status: int, length: int | None) -> bytes:
         """Decide keep-alive and body framing; return the head's framing lines."""
+        location = request.location
         keep = (
             request.keep_alive
             and self.state == BUSY
             and self.worker.accepting
-            and self.binding.keep_alive_allows(request, self.requests)
+            and (location.keep_alive_allows(self.requests) if location is not None else False)
         )
         if not request.body.complete and status in (408, 413):
             keep = False  # don't wait for a body we refused
@@ -292,11 +288,13 @@ class HttpConnection(asyncio.Protocol):
         request.status = status
         request.headers_sent = True
         location = request.location
+        date = self.worker.date
+        second = int(time.time())
         head = b"".join(
             (
                 status_line(status),
                 location.server_header if location is not None else self.binding.server_header,
-                self.worker.date_header(),
+                date.header if date.second == second else date.update(second),
                 self._framing(request, status, length),
                 headers,
                 location.extra_headers(request, status)
@@ -343,7 +341,9 @@ class HttpConnection(asyncio.Protocol):
         if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
             self.transport.write(_LAST_CHUNK)
             request.bytes_sent += len(_LAST_CHUNK)
-        self.worker.site.log(request)
+        location = request.location
+        if location is None or location.access_logs:
+            self.worker.site.log(request)
         if self.current is not request:
             return
         self.current = None
@@ -354,11 +354,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.reading is request:
             request.body.detach()  # the rest of the body is read and dropped
-        self.state = IDLE
-        self._set_deadline(self.binding.keepalive_timeout_of(request))
         if self.reader.in_head:
             self.state = HEAD
             self._set_deadline(self.binding.header_timeout)
+        else:
+            self.state = IDLE
+            self._set_deadline(request.location.keepalive_timeout)
         if self.reader.events:
             self._process()
         elif self.reading_paused:

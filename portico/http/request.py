@@ -77,6 +77,30 @@ class RequestBody:
             self._on_end()
 
 
+class _NoBody(RequestBody):
+    """The body of a request without one: complete from the start, never fed."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.conn = None  # type: ignore[assignment]
+        self.chunks = deque()
+        self.buffered = 0
+        self.received = 0
+        self.complete = True
+        self._on_data = None
+        self._on_end = None
+
+    def attach(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        on_end()
+
+    def detach(self) -> None:
+        return None
+
+
+NO_BODY = _NoBody()
+
+
 def _discard(data: bytes) -> None:
     return None
 
@@ -114,7 +138,6 @@ class Request:
         "server",
         "server_captures",
         "start",
-        "start_wall",
         "status",
         "target",
         "upstream_addr",
@@ -124,7 +147,7 @@ class Request:
         "version",
     )
 
-    def __init__(self, conn: HttpConnection, head: RequestHead, now: float, wall: float) -> None:
+    def __init__(self, conn: HttpConnection, head: RequestHead, now: float) -> None:
         self.conn = conn
         self.head = head
         self.method = head.method
@@ -133,8 +156,7 @@ class Request:
         self.headers = head.headers
         self.keep_alive = head.keep_alive
         self.content_length = head.content_length
-        self.start = now
-        self.start_wall = wall
+        self.start = now  # wall clock (time.time()): $request_time and $time_local
         raw_path, raw_query = split_target(head.target)
         self.path = normalize_path(raw_path)
         self.query = raw_query.decode("latin-1")
@@ -151,7 +173,8 @@ class Request:
         self.server_captures: re.Match[str] | None = None
         self.redirects = 0
         self.error_status = 0  # set while an error_page answers (see Site.send_error)
-        self.body = RequestBody(conn)
+        # most requests have no body: they share one empty, complete body
+        self.body = RequestBody(conn) if head.chunked or head.content_length else NO_BODY
         # the answer
         self.status = 0
         self.headers_sent = False
@@ -184,4 +207,4 @@ class Request:
         return self.method == "HEAD"
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return time.time() - self.start

@@ -49,17 +49,17 @@ class DateClock:
     ``time.time()``), so tests can drive it.
     """
 
-    __slots__ = ("_second", "header", "value")
+    __slots__ = ("header", "second", "value")
 
     def __init__(self) -> None:
-        self._second = -1
+        self.second = -1
         self.value = ""
         self.header = b""
 
     def update(self, now: float) -> bytes:
         second = int(now)
-        if second != self._second:
-            self._second = second
+        if second != self.second:
+            self.second = second
             self.value = formatdate(second, usegmt=True)
             self.header = b"Date: " + self.value.encode("ascii") + b"\r\n"
         return self.header
