@@ -29,8 +29,11 @@ from portico.http.uri import normalize_path, quote_path
 from portico.logs import AccessLog, ErrorLog, LogFile, compile_log_format, context
 from portico.process import sockets
 from portico.process.sockets import SocketKey
+from portico.proxy.handler import ProxyHandler
 from portico.routing import LocationTree, ServerSelector
 from portico.static.handler import StaticHandler
+from portico.timeouts import Wheel
+from portico.upstream.group import UpstreamGroup
 
 if TYPE_CHECKING:
     from portico.http.protocol import HttpConnection
@@ -206,6 +209,10 @@ class Site:
         self.error_log = error_log
         self.worker = worker
         self._log_files: dict[str, LogFile] = {}
+        wheel = worker.wheel if worker is not None else Wheel()
+        self.upstreams = {
+            name: UpstreamGroup(conf, wheel) for name, conf in config.http.upstreams.items()
+        }
         self._formats = {name: compile_log_format(f) for name, f in config.http.log_formats.items()}
         self.servers = [Server(self, conf) for conf in config.http.servers]
         self.bindings: dict[SocketKey, Binding] = self._bind(self.servers)
@@ -226,6 +233,9 @@ class Site:
         if values.get("return") is not None and conf is not None:
             return ReturnHandler(values["return"])
         prefix = conf.pattern if conf is not None and conf.regex is None else None
+        proxy_pass = values.get("proxy_pass")
+        if proxy_pass is not None:
+            return ProxyHandler(values, self.upstreams[proxy_pass.target], prefix or "")
         return StaticHandler(values, prefix)
 
     def _bind(self, servers: list[Server]) -> dict[SocketKey, Binding]:
@@ -249,6 +259,8 @@ class Site:
         return bindings
 
     def close(self) -> None:
+        for group in self.upstreams.values():
+            group.close()
         for file in self._log_files.values():
             file.close()
 
@@ -343,6 +355,9 @@ class Site:
 
     def aborted(self, request: Request) -> None:
         """The client went away mid-exchange; log what was done."""
+        if request.on_abort is not None:
+            on_abort, request.on_abort = request.on_abort, None
+            on_abort()
         if request.status == 0:
             request.status = 499  # nginx's "client closed request"
         request.finished = True

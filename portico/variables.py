@@ -173,8 +173,7 @@ def _proxy_add_x_forwarded_for(r: Any) -> str:
 
 _HOSTNAME = socket.gethostname()
 
-# name → getter. Keep the list in docs/configuration.md's variables section in step
-# (a test checks it).
+# name → getter (docs/configuration.md lists them from this table)
 VARIABLES: dict[str, Getter] = {
     "args": lambda r: r.query,
     "query_string": lambda r: r.query,

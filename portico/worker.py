@@ -37,8 +37,8 @@ class WorkerContext:
     def __init__(self, config: Config, error_log: ErrorLog) -> None:
         self.config = config
         self.error_log = error_log
-        self.site = Site(config, error_log, self)
         self.wheel = Wheel(TICK, time.monotonic())
+        self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()
         self.accepting = True
         self.date = DateClock()

@@ -25,7 +25,6 @@ from typing import Any
 
 from portico.config.syntax import Node
 from portico.config.units import parse_size, parse_time
-from portico.errors import ConfigError
 from portico.static.mime import DEFAULT_TYPES
 from portico.variables import Template, UnknownVariable, compile_template
 
@@ -496,6 +495,147 @@ def convert_regex(pattern: str) -> str:
     return re.sub(r"\(\?<([A-Za-z_][A-Za-z0-9_]*)>", r"(?P<\1>", pattern)
 
 
+# -- proxy and upstream values -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPass:
+    """``proxy_pass http://TARGET[/URI]``: TARGET names an upstream group or an address."""
+
+    target: str  # "name", "127.0.0.1:8001", "[::1]:80" or "unix:/path"
+    uri: str | None  # None: pass the request URI as received
+
+    @property
+    def host_header(self) -> str:
+        """nginx's ``$proxy_host``: the target as written (with its port unless 80)."""
+        return "localhost" if self.target.startswith("unix:") else self.target
+
+
+def as_proxy_pass(node: Node, env: Env) -> ProxyPass:
+    url = node.args[0]
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise node.error(f'invalid URL prefix in "{url}"')
+    if scheme.lower() == "https":
+        raise node.error(f'https upstreams are not supported in "{url}"')
+    if "$" in url:
+        raise node.error(f'variables in "proxy_pass" are not supported: "{url}"')
+    if rest.startswith("unix:"):
+        # http://unix:/path/to/socket:/uri
+        path, colon, uri = rest[5:].partition(":")
+        if not path:
+            raise node.error(f'no path in the unix socket address "{url}"')
+        return ProxyPass("unix:" + path, uri if colon and uri else None)
+    slash = rest.find("/")
+    authority, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
+    if not authority:
+        raise node.error(f'no host in "{url}"')
+    return ProxyPass(authority, uri)
+
+
+@dataclass(frozen=True, slots=True)
+class NextUpstream:
+    """``proxy_next_upstream``: which failed attempts move on to the next peer."""
+
+    conditions: frozenset[str]
+
+    @property
+    def statuses(self) -> frozenset[int]:
+        return frozenset(int(c[5:]) for c in self.conditions if c.startswith("http_"))
+
+    def __contains__(self, condition: str) -> bool:
+        return condition in self.conditions
+
+
+NEXT_UPSTREAM_CONDITIONS = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+    }
+)
+
+
+def as_next_upstream(node: Node, env: Env) -> NextUpstream:
+    if node.args == ("off",):
+        return NextUpstream(frozenset())
+    for arg in node.args:
+        if arg not in NEXT_UPSTREAM_CONDITIONS:
+            raise node.error(f'invalid value "{arg}" in "proxy_next_upstream" directive')
+    return NextUpstream(frozenset(node.args))
+
+
+def as_header_names(node: Node, env: Env) -> str:
+    return node.args[0].lower()
+
+
+def as_upstream_server(node: Node, env: Env) -> Any:
+    from portico.upstream.balancers import PeerSpec
+
+    address = node.args[0]
+    try:
+        host, port, path = parse_address(address, default_port=80)
+    except ValueError as e:
+        raise node.error(f"{e} in upstream server") from None
+    if path is not None:
+        canonical = f"unix:{path}"
+    elif ":" in host:
+        canonical = f"[{host}]:{port}"
+    else:
+        canonical = f"{host or '127.0.0.1'}:{port}"
+    options: dict[str, Any] = {}
+    for arg in node.args[1:]:
+        key, eq, value = arg.partition("=")
+        if key == "weight" and eq:
+            options["weight"] = _int(node, value, minimum=1)
+        elif key == "max_fails" and eq:
+            options["max_fails"] = _int(node, value)
+        elif key == "fail_timeout" and eq:
+            options["fail_timeout"] = _time(node, value)
+        elif arg == "backup":
+            options["backup"] = True
+        elif arg == "down":
+            options["down"] = True
+        else:
+            raise node.error(f'invalid parameter "{arg}"')
+    return PeerSpec(canonical, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceMethod:
+    """The upstream's method line: ``round_robin`` (none written), ``ip_hash``, ``hash``,
+    ``hash_consistent``, ``fair``, ``least_conn``, ``random``, ``random_two``."""
+
+    name: str
+    key: Template | None = None
+
+
+def as_method(name: str) -> Converter:
+    def convert(node: Node, env: Env) -> BalanceMethod:
+        if name == "hash":
+            key = template(node, env, node.args[0])
+            if len(node.args) == 2:
+                if node.args[1] != "consistent":
+                    raise node.error(f'invalid parameter "{node.args[1]}"')
+                return BalanceMethod("hash_consistent", key)
+            return BalanceMethod("hash", key)
+        if name == "random" and node.args:
+            if node.args[0] != "two":
+                raise node.error(f'invalid parameter "{node.args[0]}"')
+            return BalanceMethod("random_two")
+        return BalanceMethod(name)
+
+    return convert
+
+
 # ---------------------------------------------------------------------------------
 # The table.
 
@@ -902,28 +1042,36 @@ _TYPES_ENTRY = Directive(
     doc="",
 )
 
-TABLE: dict[str, Directive] = {}
+# name → its declarations; one name may be declared for disjoint contexts (nginx's
+# "keepalive_timeout" means one thing in http, another in upstream).
+TABLE: dict[str, tuple[Directive, ...]] = {}
 
 
 def register(*directives: Directive) -> None:
-    """Add directives to the table; modules declare theirs through this."""
+    """Add directives to the table."""
     for directive in directives:
-        if directive.name in TABLE:
-            raise RuntimeError(f"directive {directive.name} declared twice")
-        TABLE[directive.name] = directive
+        existing = TABLE.get(directive.name, ())
+        for other in existing:
+            if other.contexts & directive.contexts:
+                raise RuntimeError(f"directive {directive.name} declared twice for a context")
+        TABLE[directive.name] = (*existing, directive)
 
 
-register(*_TABLE)
+def all_directives() -> list[Directive]:
+    return [d for group in TABLE.values() for d in group]
 
 
 def lookup(node: Node, context: str) -> Directive:
     """The directive for a node in a context, or the error nginx would give."""
     if context == TYPES:
         return _TYPES_ENTRY
-    directive = TABLE.get(node.name)
-    if directive is None:
+    candidates = TABLE.get(node.name)
+    if candidates is None:
         raise node.error(f'unknown directive "{node.name}"')
-    if context not in directive.contexts:
+    for directive in candidates:
+        if context in directive.contexts:
+            break
+    else:
         raise node.error(f'"{node.name}" directive is not allowed here')
     if directive.block != node.is_block:
         if directive.block:
@@ -934,8 +1082,234 @@ def lookup(node: Node, context: str) -> Directive:
 
 
 def directives_in(context: str) -> list[Directive]:
-    return [d for d in TABLE.values() if context in d.contexts]
+    return [d for d in all_directives() if context in d.contexts]
 
 
-def check_error(node: Node, error: Exception) -> ConfigError:
-    return error if isinstance(error, ConfigError) else node.error(str(error))
+PROXY = [
+    Directive(
+        "proxy_pass",
+        "proxy_pass http://UPSTREAM[/URI];  proxy_pass http://ADDRESS[/URI];",
+        frozenset({LOCATION}),
+        as_proxy_pass,
+        inherit=False,
+        doc="Passes requests to an `upstream` group or to one address "
+        "(`127.0.0.1:8001`, `[::1]:8001`, `unix:/path:`). Without a URI the request "
+        "URI goes as the client sent it; with one (`proxy_pass http://app/v2/;`) the "
+        "part of the URI that matched the location is replaced by it, as in nginx.",
+    ),
+    Directive(
+        "proxy_set_header",
+        "proxy_set_header NAME VALUE;",
+        HSL,
+        as_header_pair,
+        min_args=2,
+        max_args=2,
+        multiple=True,
+        doc="Sets a header of the request to the upstream; VALUE may hold variables and "
+        "an empty VALUE removes the header. Defaults: `Host $proxy_host` and "
+        "`Connection close` (no Connection header when the upstream keeps "
+        "connections alive).",
+    ),
+    Directive(
+        "proxy_hide_header",
+        "proxy_hide_header NAME;",
+        HSL,
+        as_header_names,
+        multiple=True,
+        doc="A header of the upstream's response not passed to the client. Hidden "
+        "already: Date, Server, X-Pad, X-Accel-* (portico sends its own Date and "
+        "Server), and the hop-by-hop headers.",
+    ),
+    Directive(
+        "proxy_pass_header",
+        "proxy_pass_header NAME;",
+        HSL,
+        as_header_names,
+        multiple=True,
+        doc="Passes a header that is hidden by default (for example `Server` or `Date`).",
+    ),
+    Directive(
+        "proxy_connect_timeout",
+        "proxy_connect_timeout TIME;",
+        HSL,
+        as_time,
+        default="60s",
+        doc="How long connecting to a peer may take; past it the attempt fails "
+        "(`timeout`) and the next peer is tried, or the client gets 504.",
+    ),
+    Directive(
+        "proxy_read_timeout",
+        "proxy_read_timeout TIME;",
+        HSL,
+        as_time,
+        default="60s",
+        doc="How long the upstream may stay silent between two reads of its response; "
+        "past it the attempt fails with 504 (before any byte reached the client) "
+        "or the connection is closed.",
+    ),
+    Directive(
+        "proxy_send_timeout",
+        "proxy_send_timeout TIME;",
+        HSL,
+        as_time,
+        default="60s",
+        doc="How long the upstream may take to accept the request between two writes.",
+    ),
+    Directive(
+        "proxy_next_upstream",
+        "proxy_next_upstream error | timeout | invalid_header | http_500 | http_502 | "
+        "http_503 | http_504 | http_403 | http_404 | http_429 | non_idempotent | off ...;",
+        HSL,
+        as_next_upstream,
+        max_args=None,
+        default="error timeout",
+        doc="Which failures send the request on to the next peer: `error` (connecting, "
+        "sending or reading failed), `timeout`, `invalid_header` (not HTTP), the "
+        "listed statuses. A request that reached a peer is not sent again when its "
+        "method is not idempotent (POST, PATCH, LOCK) unless `non_idempotent` is "
+        "given. A request whose body was too large to keep is never sent twice.",
+    ),
+    Directive(
+        "proxy_next_upstream_tries",
+        "proxy_next_upstream_tries NUMBER;",
+        HSL,
+        as_int,
+        default="0",
+        doc="The most attempts for one request; 0 means no limit.",
+    ),
+    Directive(
+        "proxy_next_upstream_timeout",
+        "proxy_next_upstream_timeout TIME;",
+        HSL,
+        as_time,
+        default="0",
+        doc="How long a request may go on trying peers; 0 means no limit.",
+    ),
+    Directive(
+        "proxy_intercept_errors",
+        "proxy_intercept_errors on | off;",
+        HSL,
+        as_flag,
+        default="off",
+        doc="Whether upstream answers with status 300 or more go through `error_page`.",
+    ),
+    Directive(
+        "proxy_request_buffer_size",
+        "proxy_request_buffer_size SIZE;",
+        HSL,
+        as_size,
+        default="64k",
+        doc="How much of a request body portico keeps so that it can send the request "
+        "to another peer after a failure. A longer body streams through and is "
+        "not retried once sent (portico's own directive).",
+    ),
+    # -- upstream ------------------------------------------------------------------
+    Directive(
+        "upstream",
+        "upstream NAME { ... }",
+        frozenset({HTTP}),
+        _block_only,
+        block=True,
+        multiple=True,
+        inherit=False,
+        doc="A group of servers to balance requests over, named for `proxy_pass`.",
+    ),
+    Directive(
+        "server",
+        "server ADDRESS [weight=NUMBER] [max_fails=NUMBER] [fail_timeout=TIME] [backup] [down];",
+        frozenset({UPSTREAM}),
+        as_upstream_server,
+        max_args=None,
+        multiple=True,
+        inherit=False,
+        doc="A peer of the group: `127.0.0.1:8001`, `[::1]:8001` or `unix:/path`. "
+        "`weight` (1) shares traffic; `max_fails` (1) failed attempts within "
+        "`fail_timeout` (10s) take the peer out for `fail_timeout`, after which one "
+        "trial request brings it back on success (0 disables this); `backup` peers "
+        "serve only when every other peer is out; `down` never.",
+    ),
+    Directive(
+        "keepalive",
+        "keepalive CONNECTIONS;",
+        frozenset({UPSTREAM}),
+        as_int,
+        inherit=False,
+        doc="Keeps up to CONNECTIONS idle connections to the group's peers open in each "
+        "worker and reuses them (HTTP/1.1, no Connection: close).",
+    ),
+    Directive(
+        "keepalive_requests",
+        "keepalive_requests NUMBER;",
+        frozenset({UPSTREAM}),
+        as_int,
+        default="1000",
+        inherit=False,
+        doc="How many requests one upstream connection carries before it is closed.",
+    ),
+    Directive(
+        "keepalive_timeout",
+        "keepalive_timeout TIME;",
+        frozenset({UPSTREAM}),
+        as_time,
+        default="60s",
+        inherit=False,
+        doc="How long an idle upstream connection is kept.",
+    ),
+    Directive(
+        "ip_hash",
+        "ip_hash;",
+        frozenset({UPSTREAM}),
+        as_method("ip_hash"),
+        min_args=0,
+        max_args=0,
+        inherit=False,
+        doc="Balances by client address (the first three octets of IPv4, all of "
+        "IPv6), so a client keeps its peer while it is available.",
+    ),
+    Directive(
+        "hash",
+        "hash KEY [consistent];",
+        frozenset({UPSTREAM}),
+        as_method("hash"),
+        max_args=2,
+        inherit=False,
+        doc="Balances by a key made of variables (`hash $request_uri;`). With "
+        "`consistent`, ketama consistent hashing: adding or removing a peer moves "
+        "only the keys of that peer.",
+    ),
+    Directive(
+        "fair",
+        "fair;",
+        frozenset({UPSTREAM}),
+        as_method("fair"),
+        min_args=0,
+        max_args=0,
+        inherit=False,
+        doc="Sends more to the peer that answers faster (portico's own): of two peers "
+        "drawn at random, the one with the lower moving average of response time "
+        "x (requests in flight + 1) / weight wins.",
+    ),
+    Directive(
+        "least_conn",
+        "least_conn;",
+        frozenset({UPSTREAM}),
+        as_method("least_conn"),
+        min_args=0,
+        max_args=0,
+        inherit=False,
+        doc="The peer with the fewest requests in flight relative to its weight; ties "
+        "are broken by weighted round robin.",
+    ),
+    Directive(
+        "random",
+        "random [two];",
+        frozenset({UPSTREAM}),
+        as_method("random"),
+        min_args=0,
+        max_args=1,
+        inherit=False,
+        doc="A weighted random peer; with `two`, the less busy of two random peers.",
+    ),
+]
+
+register(*_TABLE, *PROXY)

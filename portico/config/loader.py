@@ -18,7 +18,7 @@ from typing import Any
 
 from portico.config import directives as d
 from portico.config.directives import Directive, Env, Listen, LogFormat
-from portico.config.model import Config, HttpConf, LocationConf, ServerConf
+from portico.config.model import Config, HttpConf, LocationConf, ServerConf, UpstreamConf
 from portico.config.syntax import Node, parse_file
 from portico.errors import ConfigError, ConfigErrors
 from portico.variables import compile_template
@@ -79,6 +79,7 @@ class Builder:
     def __init__(self, path: str, prefix: str, nodes: tuple[Node, ...]) -> None:
         self.path = path
         self.errors: list[ConfigError] = []
+        self.upstreams: dict[str, UpstreamConf] = {}
         self.env = Env(prefix=prefix, captures=frozenset(_capture_names(nodes)))
 
     def fail(self, error: ConfigError) -> None:
@@ -184,13 +185,83 @@ class Builder:
                     )
                 )
             formats[log_format.name] = log_format
+        for child in block.blocks:
+            if child.name == "upstream":
+                self.upstream(child)
         servers = tuple(
             self.server(child, values) for child in block.blocks if child.name == "server"
         )
         self.check_servers(servers)
         self.check_log_formats(servers, values, formats)
         return HttpConf(
-            servers, MappingProxyType(formats), MappingProxyType({}), MappingProxyType(values)
+            servers,
+            MappingProxyType(formats),
+            MappingProxyType(dict(self.upstreams)),
+            MappingProxyType(values),
+        )
+
+    def upstream(self, node: Node) -> None:
+        if len(node.args) != 1:
+            self.fail(node.error('invalid number of arguments in "upstream" directive'))
+            return
+        name = node.args[0]
+        if name in self.upstreams:
+            self.fail(node.error(f'duplicate upstream "{name}"'))
+            return
+        block = self.collect(node.children or (), d.UPSTREAM, node)
+        methods = [
+            (key, block.values[key])
+            for key in ("ip_hash", "hash", "fair", "least_conn", "random")
+            if key in block.values
+        ]
+        if len(methods) > 1:
+            self.fail(
+                node.error(
+                    f'upstream "{name}" has more than one balancing method: '
+                    + ", ".join(key for key, _ in methods)
+                )
+            )
+        peers = tuple(block.values.get("server", []))
+        if not any(not peer.backup for peer in peers):
+            self.fail(node.error(f'no servers are inside upstream "{name}"'))
+            return
+        defaults = {x.name: x.initial(self.env) for x in d.directives_in(d.UPSTREAM)}
+        values = {**defaults, **block.values}
+        self.upstreams[name] = UpstreamConf(
+            name=name,
+            peers=peers,
+            method=methods[0][1] if methods else d.BalanceMethod("round_robin"),
+            keepalive=values["keepalive"] or 0,
+            keepalive_requests=values["keepalive_requests"],
+            keepalive_timeout=values["keepalive_timeout"],
+            implicit=False,
+            file=node.file,
+            line=node.line,
+        )
+
+    def proxy_target(self, node: Node, proxy_pass: d.ProxyPass) -> None:
+        """A proxy_pass names a known upstream, or an address that becomes a group of
+        one (nginx's implicit upstream: never taken out for failures)."""
+        target = proxy_pass.target
+        if target in self.upstreams:
+            return
+        try:
+            _host, _port, path = d.parse_address(target, default_port=80)
+        except ValueError:
+            self.fail(node.error(f'host not found in upstream "{target}"'))
+            return
+        from portico.upstream.balancers import PeerSpec
+
+        self.upstreams[target] = UpstreamConf(
+            name=target,
+            peers=(PeerSpec(target if path is None else "unix:" + path, max_fails=0),),
+            method=d.BalanceMethod("round_robin"),
+            keepalive=0,
+            keepalive_requests=1000,
+            keepalive_timeout=60.0,
+            implicit=True,
+            file=node.file,
+            line=node.line,
         )
 
     def server(self, node: Node, http_values: Mapping[str, Any]) -> ServerConf:
@@ -272,6 +343,8 @@ class Builder:
                 return None
         block = self.collect(node.children or (), d.LOCATION, node)
         values = self.inherit(parent_values, block, d.LOCATION)
+        if "proxy_pass" in block.values:
+            self.proxy_target(node, block.values["proxy_pass"])
         if "alias" in block.values and "root" in block.values:
             self.fail(node.error('"alias" and "root" cannot both be set in one location'))
         shell = LocationConf(

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from portico.config.directives import ErrorLog, Listen, LogFormat
+from portico.config.directives import BalanceMethod, ErrorLog, Listen, LogFormat
+from portico.upstream.balancers import PeerSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,23 @@ class ServerConf:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamConf:
+    name: str
+    peers: tuple[PeerSpec, ...]
+    method: BalanceMethod
+    keepalive: int  # idle connections kept per worker; 0: none
+    keepalive_requests: int
+    keepalive_timeout: float
+    implicit: bool  # made from a proxy_pass address rather than an upstream block
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConf:
     servers: tuple[ServerConf, ...]
     log_formats: Mapping[str, LogFormat]
-    upstreams: Mapping[str, Any]
+    upstreams: Mapping[str, UpstreamConf]
     values: Mapping[str, Any]
 
 

@@ -41,11 +41,12 @@ bytes and in random splits). Hence:
 - a field value loses its trailing whitespace (``OWS`` in RFC 9112 §5: httptools drops
   the leading one only), so ``Content-Length: 5 `` and ``Transfer-Encoding: chunked ``
   mean what they say;
-- an ``Upgrade`` (or ``CONNECT``) request makes httptools stop at the end of its head
-  and hand back the rest of that read, then carry on parsing later reads as HTTP. No
-  handler switches protocols yet, so the rest is parsed at once, like the later reads:
-  a request pipelined behind an Upgrade request is answered whatever the split.
-  (``upgrade_data`` keeps those bytes for the tunnel that will need them.)
+- after an ``Upgrade`` (or ``CONNECT``) request's head the reader pauses, as h11 does
+  (MIGHT_SWITCH_PROTOCOL): what follows may be another protocol. Bytes fed while paused
+  are held unparsed (``held``). If the request is tunnelled, the tunnel takes them
+  (``take_held``); if it is answered like any other, ``resume`` parses them as HTTP, so
+  a request pipelined behind an Upgrade nobody accepts is still answered, whatever the
+  split.
 
 HTTP/1.x with a minor version above 1 is read as HTTP/1.1 (RFC 9112 §2.3), and any
 version from 2 on gets 505 rather than httptools' generic "invalid version" (400).
@@ -130,7 +131,8 @@ class RequestReader:
         "_transfer_encoding",
         "_url",
         "events",
-        "upgrade_data",
+        "held",
+        "paused",
     )
 
     def __init__(self, line_size: int = 8192, header_count: int = 4) -> None:
@@ -150,8 +152,9 @@ class RequestReader:
         self._in_trailers = False
         self._head_bytes = 0  # raw bytes fed while the head is unfinished
         self._head_length = 0  # the head's size, from the callbacks (split-proof)
-        # bytes that followed an Upgrade (or CONNECT) request: they belong to the tunnel
-        self.upgrade_data: bytes | None = None
+        # after an Upgrade (or CONNECT) head: parsing waits, bytes are held unparsed
+        self.paused = False
+        self.held = b""
 
     @property
     def in_head(self) -> bool:
@@ -159,6 +162,33 @@ class RequestReader:
         return self._in_head
 
     def feed(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except RemoteProtocolError:
+            # Nothing of the request in error may be acted on: httptools reports a head
+            # before some of its checks (a Transfer-Encoding it cannot frame), and pieces
+            # of a body before a bad chunk. Complete requests before it stay queued.
+            events = self.events
+            while events and events[-1] is not END:
+                events.pop()
+            raise
+
+    def take_held(self) -> bytes:
+        """The bytes after an Upgrade head, for a tunnel (the reader stays paused)."""
+        held, self.held = self.held, b""
+        return held
+
+    def resume(self) -> None:
+        """The Upgrade was not accepted: parse what was held as HTTP again."""
+        self.paused = False
+        held, self.held = self.held, b""
+        if held:
+            self.feed(held)
+
+    def _feed(self, data: bytes) -> None:
+        if self.paused:
+            self.held += data
+            return
         if self._in_head:
             # httptools buffers an unfinished header line itself, out of our sight: count
             # what a head in progress receives, so a head that never ends cannot grow
@@ -168,12 +198,10 @@ class RequestReader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # httptools has already resumed: later reads are parsed as HTTP, so this
-            # one's rest must be too, or the result would depend on the split
-            rest = data[upgrade.args[0] :]
-            self.upgrade_data = rest
-            if rest:
-                self.feed(rest)
+            # httptools stops at the end of the head and hands back the offset of
+            # what follows; until the answer is known, that is not ours to parse
+            self.paused = True
+            self.held = data[upgrade.args[0] :]
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
@@ -197,12 +225,12 @@ class RequestReader:
         if isinstance(error, httptools.HttpParserInvalidMethodError):
             return RemoteProtocolError("invalid method")
         message = str(error.args[0]) if error.args else type(error).__name__
-        if self._in_head and "Transfer-Encoding" in message and "Content-Length" not in message:
-            if self._transfer_encoding is not None:
-                # httptools checks the second line before on_header sees it
+        if "Transfer-Encoding" in message and "Content-Length" not in message:
+            if "header value" in message and self._transfer_encoding is not None:
+                # a second line: httptools checks it before on_header can see it
                 return RemoteProtocolError("duplicate Transfer-Encoding header")
-            # httptools refuses "chunked, chunked" (chunked twice, or not last) in the
-            # value itself: a coding we do not implement, as nginx answers
+            # httptools refuses "chunked" twice or not last ("chunked, chunked"), and
+            # does not see "chunked" followed by a tab: codings we do not implement
             return RemoteProtocolError(f"unsupported transfer encoding: {message}", 501)
         return RemoteProtocolError(f"invalid request: {message}")
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from portico.site import Binding
     from portico.worker import WorkerContext
 
-IDLE, HEAD, BUSY, LINGER, CLOSED = range(5)
+IDLE, HEAD, BUSY, LINGER, CLOSED, TUNNEL = range(6)
 
 LINGERING_TIMEOUT = 5.0
 # Request body bytes buffered for a handler that has not attached yet, and queued
@@ -63,8 +63,10 @@ class HttpConnection(asyncio.Protocol):
         "deadline",
         "drain_waiters",
         "number",
+        "pending_error",
         "reader",
         "reading",
+        "reading_held",
         "reading_paused",
         "remote_addr",
         "remote_port",
@@ -73,6 +75,7 @@ class HttpConnection(asyncio.Protocol):
         "server_port",
         "state",
         "transport",
+        "tunnel",
         "wheel_slot",
         "worker",
         "write_paused",
@@ -96,8 +99,11 @@ class HttpConnection(asyncio.Protocol):
         self.wheel_slot = 0
         self.write_paused = False
         self.reading_paused = False
+        self.reading_held = False  # a handler's backpressure (see hold_reading)
         self.drain_waiters: list[Callable[[], None]] = []
         self._processing = False
+        self.tunnel: Any = None
+        self.pending_error: ProtocolError | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -115,12 +121,20 @@ class HttpConnection(asyncio.Protocol):
         self._set_deadline(self.binding.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == LINGER:
+        state = self.state
+        if state >= LINGER:
+            if state == TUNNEL:
+                self.tunnel.to_upstream(data)
             return
         try:
             self.reader.feed(data)
         except ProtocolError as e:
-            self.reject(e)
+            # requests complete before the bad bytes are still answered, in order;
+            # the error comes after them (see finish)
+            self.pending_error = e
+            self._process()
+            if self.current is None and self.state < LINGER:
+                self.reject(e)
             return
         self._process()
         if self.state == IDLE and self.reader.in_head:
@@ -130,6 +144,9 @@ class HttpConnection(asyncio.Protocol):
             self._set_deadline(self.binding.header_timeout)
 
     def eof_received(self) -> bool | None:
+        if self.state == TUNNEL:
+            self.tunnel.close()
+            return None
         if self.state == LINGER or (self.current is None and not self.reader.in_head):
             self.close()
             return None
@@ -143,6 +160,10 @@ class HttpConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.close()
         self.state = CLOSED
         self.deadline = None
         self.worker.connection_closed(self)
@@ -196,7 +217,13 @@ class HttpConnection(asyncio.Protocol):
                     reading = self.reading
                     if reading is not None:
                         self._body_piece(reading, event)  # type: ignore[arg-type]
-            if events or self.reading_paused or self.reading is not None:
+            if (
+                events
+                or self.reading_paused
+                or self.reading is not None
+                or self.reader.paused
+                or self.pending_error is not None
+            ):
                 self._flow_control()
         finally:
             self._processing = False
@@ -214,8 +241,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _flow_control(self) -> None:
         reading = self.reading
-        waiting = len(self.reader.events) > 0 or (
-            reading is not None and reading.body.buffered > READ_BUFFER_LIMIT
+        waiting = (
+            self.reading_held
+            or len(self.reader.events) > 0
+            or (reading is not None and reading.body.buffered > READ_BUFFER_LIMIT)
         )
         if waiting and not self.reading_paused:
             self.reading_paused = True
@@ -238,6 +267,13 @@ class HttpConnection(asyncio.Protocol):
         self.worker.site.dispatch(request)
 
     # -- answering -----------------------------------------------------------------
+
+    def hold_reading(self, held: bool) -> None:
+        """A handler cannot take more of the body now (its own peer is slow): stop
+        reading from the client until it says so."""
+        self.reading_held = held
+        if self.state != CLOSED:
+            self._flow_control()
 
     def want_body(self, request: Request) -> None:
         """A handler is about to read the body: answer ``Expect: 100-continue``."""
@@ -354,6 +390,16 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.reading is request:
             request.body.detach()  # the rest of the body is read and dropped
+        if self.pending_error is not None and not self.reader.events:
+            self.reject(self.pending_error)
+            return
+        if self.reader.paused:
+            # an Upgrade request answered without switching: HTTP goes on
+            try:
+                self.reader.resume()
+            except ProtocolError as e:
+                self.reject(e)
+                return
         if self.reader.in_head:
             self.state = HEAD
             self._set_deadline(self.binding.header_timeout)
@@ -373,6 +419,11 @@ class HttpConnection(asyncio.Protocol):
         """A request we cannot parse: answer its status, log it, close."""
         status = error.status
         self.worker.site.log_protocol_error(self, error)
+        reading = self.reading
+        if reading is not None and reading.finished:
+            # bad framing in the body of a request already answered: nothing to say
+            self.close()
+            return
         request = self.current
         if request is not None and not request.finished:
             if not request.headers_sent:
@@ -411,7 +462,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_timeout(self) -> None:
         state = self.state
-        if state == HEAD:
+        if state == TUNNEL:
+            self.tunnel.close()
+        elif state == HEAD:
             self.reject(RemoteProtocolError("client timed out sending the request head", 408))
         elif state == BUSY:
             request = self.current
@@ -447,9 +500,46 @@ class HttpConnection(asyncio.Protocol):
             return
         self._set_deadline(LINGERING_TIMEOUT)
 
+    # -- tunnels -----------------------------------------------------------------------
+
+    def start_tunnel(self, request: Request, headers: bytes, tunnel: Any) -> bytes:
+        """Answer 101 and stop speaking HTTP: from now on ``tunnel`` gets every byte.
+        Returns what the client sent after its request head (already tunnel data)."""
+        location = request.location
+        head = b"".join(
+            (
+                status_line(101),
+                location.server_header if location is not None else self.binding.server_header,
+                self.worker.date_header(),
+                headers,
+                b"\r\n",
+            )
+        )
+        request.status = 101
+        request.headers_sent = True
+        request.keep_alive = False
+        request.bytes_sent += len(head)
+        self.transport.write(head)
+        self.state = TUNNEL
+        self.tunnel = tunnel
+        self.reader.events.clear()
+        early = self.reader.take_held()
+        if self.reading_paused and not self.reading_held:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return early
+
+    def set_tunnel_deadline(self, timeout: float) -> None:
+        self._set_deadline(timeout)
+
     def close(self) -> None:
         if self.state == CLOSED:
             return
+        request = self.current
+        if self.state == TUNNEL and request is not None and not request.finished:
+            request.finished = True
+            self.current = None
+            self.worker.site.log(request)
         self.state = CLOSED
         self.deadline = None
         self.transport.close()

@@ -127,6 +127,7 @@ class Request:
         "keep_alive",
         "location",
         "method",
+        "on_abort",
         "path",
         "proxy_host",
         "query",
@@ -188,6 +189,8 @@ class Request:
         self.document_root = ""
         self.request_filename = ""
         self.proxy_host = ""
+        # called if the client goes away before the answer is complete
+        self.on_abort: Callable[[], None] | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
         self.upstream_response_time: str | None = None

@@ -332,7 +332,7 @@ def test_builtin_config_is_valid() -> None:
 
 
 def test_table_declares_context_docs_and_syntax() -> None:
-    for directive in directives.TABLE.values():
+    for directive in directives.all_directives():
         assert directive.doc, directive.name
         assert directive.syntax.startswith(directive.name), directive.name
         assert directive.contexts, directive.name

@@ -1,0 +1,471 @@
+"""One proxied request: pick a peer, send, stream the answer back, or try the next peer.
+
+Theory of operation. ``start`` asks the group's balancer for a peer, takes an idle
+keep-alive connection to it or opens one, writes the request head and streams the body.
+The upstream connection reports the response as events (``response_head``,
+``response_data``, ``response_end``; ``whole_response`` when all of it came in one
+read) or a failure (``upstream_failed``). Bytes flow with backpressure both ways: a
+client that does not read pauses the upstream's reading, an upstream that does not read
+pauses the client's.
+
+Failures follow ``proxy_next_upstream``. An attempt that fails with a listed condition
+goes to the next peer while all of these hold: nothing has reached the client yet;
+``proxy_next_upstream_tries`` and ``proxy_next_upstream_timeout`` allow another; and,
+if the request already reached the failed peer, its method is idempotent (or
+``non_idempotent`` is listed) and its body can be sent again (it was kept whole: at most
+``proxy_request_buffer_size``). Otherwise the client gets 502 (504 after a timeout), or,
+once the answer has started, its connection is closed. A keep-alive connection that the
+peer had closed before our request reached it is retried once on a fresh connection to
+the same peer, without counting as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from portico.http.client import ResponseHead, ResponseReader
+
+if TYPE_CHECKING:
+    from portico.http.request import Request
+    from portico.proxy.handler import ProxyHandler
+    from portico.upstream.balancers import Peer
+    from portico.upstream.connection import UpstreamConnection
+
+NON_IDEMPOTENT = frozenset({"POST", "PATCH", "LOCK"})
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ProxyExchange:
+    __slots__ = (
+        "addrs",
+        "attempt_started",
+        "attempts",
+        "body_done",
+        "chunked_body",
+        "conn",
+        "connect_timer",
+        "finished",
+        "group",
+        "handler",
+        "keep_alive_upstream",
+        "kept",
+        "kept_size",
+        "peer",
+        "read_timeout",
+        "request",
+        "request_sent",
+        "response_started",
+        "retried_reuse",
+        "reused",
+        "send_timeout",
+        "started",
+        "statuses",
+        "times",
+        "tried",
+        "upgrade",
+        "upstream",
+    )
+
+    def __init__(self, handler: ProxyHandler, request: Request) -> None:
+        self.handler = handler
+        self.request = request
+        self.conn = request.conn
+        self.group = handler.group
+        self.read_timeout = handler.read_timeout
+        self.send_timeout = handler.send_timeout
+        self.peer: Peer | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.tried: list[Peer] = []
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.attempt_started = self.started
+        self.reused = False
+        self.retried_reuse = False
+        self.request_sent = False
+        self.response_started = False
+        self.finished = False
+        self.keep_alive_upstream = True
+        self.connect_timer: asyncio.TimerHandle | None = None
+        body = request.body
+        self.body_done = body.complete
+        self.chunked_body = request.head.chunked
+        # the body as sent so far, while it is small enough to send again
+        self.kept: list[bytes] | None = [] if not body.complete else None
+        self.kept_size = 0
+        self.addrs: list[str] = []
+        self.statuses: list[str] = []
+        self.times: list[str] = []
+        upgrade = request.headers.get("upgrade") if request.head.upgrade else None
+        self.upgrade: str | None = upgrade
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self.request
+        request.on_abort = self.client_gone
+        request.proxy_host = self.handler.proxy_host
+        if not request.body.complete:
+            self.conn.want_body(request)
+        self.try_peer()
+
+    def try_peer(self) -> None:
+        peer = self.group.pick(self.request, self.tried)
+        if peer is None:
+            if not self.tried:
+                self.conn.worker.site.error(
+                    self.request,
+                    f"no live upstreams while connecting to upstream, upstream: "
+                    f'"{self.group.name}"',
+                )
+                self.addrs.append(self.group.name)
+                self.statuses.append("502")
+                self.times.append("0.000")
+            self.fail(502)
+            return
+        self.peer = peer
+        self.tried.append(peer)
+        self.attempts += 1
+        self.attempt_started = time.monotonic()
+        self.addrs.append(peer.address)
+        upstream = self.group.idle_connection(peer)
+        if upstream is not None:
+            self.reused = True
+            self.connected(upstream)
+        else:
+            self.reused = False
+            self.connect(peer)
+
+    def connect(self, peer: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        future = self.group.connect(peer, loop, self.on_connect)
+        self.connect_timer = loop.call_later(self.handler.connect_timeout, future.cancel)
+
+    def on_connect(self, upstream: UpstreamConnection | None, error: BaseException | None) -> None:
+        timer = self.connect_timer
+        if timer is not None:
+            timer.cancel()
+            self.connect_timer = None
+        if self.finished:
+            if upstream is not None:
+                upstream.close()
+            return
+        if upstream is None:
+            if isinstance(error, TimeoutError):
+                self.attempt_failed(
+                    "timeout",
+                    "upstream timed out (110: Connection timed out) while connecting to upstream",
+                )
+            else:
+                reason = (
+                    f"({error.errno}: {error.strerror})"
+                    if isinstance(error, OSError)
+                    else f"({error!r})"
+                )
+                self.attempt_failed(
+                    "error", f"connect() failed {reason} while connecting to upstream"
+                )
+            return
+        self.connected(upstream)
+
+    def connected(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        upstream.exchange = self
+        upstream.requests += 1
+        request = self.request
+        if request.method == "HEAD" or upstream.reader is None:
+            upstream.reader = ResponseReader(expect_no_body=request.method == "HEAD")
+        template = self.handler.request_template
+        body = request.body
+        head = template.head(
+            request,
+            request.method,
+            template.target(request),
+            None if self.chunked_body else request.content_length,
+            self.chunked_body,
+            self.upgrade,
+        )
+        upstream.set_deadline("read", self.read_timeout)
+        if not self.request_sent and not body.attached:
+            # the first time: the body streams as it arrives (and is kept while small)
+            upstream.write(head)
+            self.request_sent = True
+            if not body.complete or body.received:
+                body.attach(self.body_data, self.body_end)
+            return
+        # a later attempt: the body (if any) was kept whole
+        parts = [head]
+        if self.kept:
+            parts.extend(self.frame(chunk) for chunk in self.kept)
+        if self.chunked_body and self.body_done:
+            parts.append(_LAST_CHUNK)
+        upstream.write(b"".join(parts))
+        self.request_sent = True
+
+    # -- the request body ----------------------------------------------------------------
+
+    def frame(self, chunk: bytes) -> bytes:
+        if self.chunked_body:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def body_data(self, chunk: bytes) -> None:
+        kept = self.kept
+        if kept is not None:
+            if self.kept_size + len(chunk) <= self.handler.keep_body_size:
+                kept.append(chunk)
+                self.kept_size += len(chunk)
+            else:
+                self.kept = None  # too big to send twice
+        upstream = self.upstream
+        if upstream is None or upstream.closed:
+            return
+        upstream.write(self.frame(chunk))
+        if upstream.write_paused:
+            conn = self.conn
+            conn.hold_reading(True)
+            upstream.when_writable(lambda: conn.hold_reading(False))
+
+    def body_end(self) -> None:
+        self.body_done = True
+        upstream = self.upstream
+        if self.chunked_body and upstream is not None and not upstream.closed:
+            upstream.write(_LAST_CHUNK)
+
+    # -- the response ----------------------------------------------------------------
+
+    def _divert(self, head: ResponseHead) -> bool:
+        """Handle a head that is not passed on as it is; True when handled."""
+        status = head.status
+        handler = self.handler
+        if status in handler.retry_statuses and self.can_retry(f"http_{status}"):
+            self.statuses.append(str(status))
+            self.attempt_failed(
+                f"http_{status}",
+                f"upstream answered {status}",
+                failed=status in (500, 502, 503, 504),
+                log_level="warn",
+            )
+            return True
+        if (
+            handler.intercept_errors
+            and status >= 300
+            and status in self.request.location.error_pages
+        ):
+            self.statuses.append(str(status))
+            self.complete_attempt(reusable=False)
+            self.conn.send_error(self.request, status)
+            return True
+        return False
+
+    def response_head(self, head: ResponseHead) -> None:
+        if self._divert(head):
+            return
+        if head.upgrade and self.upgrade is not None:
+            self.tunnel(head)
+            return
+        self.statuses.append(str(head.status))
+        self.response_started = True
+        self.conn.send_head(
+            self.request,
+            head.status,
+            self.handler.response_filter.headers(head.headers),
+            head.content_length,
+        )
+        self.keep_alive_upstream = head.keep_alive
+
+    def response_data(self, data: bytes) -> None:
+        conn = self.conn
+        conn.send_data(self.request, data)
+        if conn.write_paused:
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.pause_reading()
+                conn.when_writable(upstream.resume_reading)
+
+    def response_end(self) -> None:
+        reusable = self.request.method != "HEAD"
+        self.complete_attempt(reusable=reusable)
+        self.conn.finish(self.request)
+
+    def whole_response(self, head: ResponseHead, body: bytes) -> None:
+        if self._divert(head):
+            return
+        if head.upgrade or self.request.method == "HEAD" or head.status in (204, 304):
+            self.response_head(head)
+            if self.upstream is not None and self.upstream.exchange is self:
+                self.response_end()
+            return
+        self.statuses.append(str(head.status))
+        self.response_started = True
+        self.keep_alive_upstream = head.keep_alive
+        self.complete_attempt(reusable=True)
+        self.conn.send_response(
+            self.request, head.status, self.handler.response_filter.headers(head.headers), body
+        )
+
+    def complete_attempt(self, reusable: bool) -> None:
+        """The upstream's part is over: account, and keep or close the connection."""
+        self.finished = True
+        elapsed = time.monotonic() - self.attempt_started
+        self.times.append(f"{elapsed:.3f}")
+        self.record()
+        peer = self.peer
+        if peer is not None:
+            self.group.done(peer, elapsed, False)
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            if (
+                reusable
+                and self.body_done
+                and self.keep_alive_upstream
+                and not upstream.reader.events
+            ):
+                upstream.deadline = None
+                self.group.release(upstream)
+            else:
+                upstream.close()
+
+    # -- failures ----------------------------------------------------------------------
+
+    def upstream_failed(self, kind: str, message: str) -> None:
+        """The upstream connection failed: an error, a timeout, or an invalid answer."""
+        if self.finished:
+            return
+        upstream = self.upstream
+        if self.response_started:
+            # part of the answer is out: all we can do is cut the client off
+            self.conn.worker.site.error(
+                self.request, f'{message} while sending to client, upstream: "{self._peer_url()}"'
+            )
+            self.finished = True
+            if upstream is not None:
+                upstream.close()
+            if self.peer is not None:
+                self.group.done(self.peer, time.monotonic() - self.attempt_started, True)
+            self.request.keep_alive = False
+            self.record()
+            self.conn.finish(self.request)
+            self.conn.close()
+            return
+        if (
+            kind == "error"
+            and self.reused
+            and not self.retried_reuse
+            and upstream is not None
+            and not upstream.reader.events
+            and self._resendable()
+        ):
+            # the peer closed a kept-alive connection as we reused it: try a new one
+            self.retried_reuse = True
+            self.reused = False
+            upstream.close()
+            self.upstream = None
+            assert self.peer is not None
+            self.connect(self.peer)
+            return
+        self.attempt_failed(kind, message)
+
+    def attempt_failed(
+        self, kind: str, message: str, failed: bool = True, log_level: str = "error"
+    ) -> None:
+        peer = self.peer
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.close()
+        elapsed = time.monotonic() - self.attempt_started
+        if not kind.startswith("http_"):
+            self.times.append(f"{elapsed:.3f}")
+            self.statuses.append("504" if kind == "timeout" else "502")
+        else:
+            self.times.append(f"{elapsed:.3f}")
+        if peer is not None:
+            self.group.done(peer, elapsed, failed)
+        self.conn.worker.site.error(
+            self.request, f'{message}, upstream: "{self._peer_url()}"', level=log_level
+        )
+        if self.can_retry(kind):
+            self.try_peer()
+            return
+        self.fail(504 if kind == "timeout" else 502)
+
+    def can_retry(self, kind: str) -> bool:
+        handler = self.handler
+        if kind not in handler.next_upstream or self.finished:
+            return False
+        if handler.tries and self.attempts >= handler.tries:
+            return False
+        if handler.next_timeout and time.monotonic() - self.started >= handler.next_timeout:
+            return False
+        if self.request_sent:
+            if (
+                self.request.method in NON_IDEMPOTENT
+                and "non_idempotent" not in handler.next_upstream
+            ):
+                return False
+            if not self._resendable():
+                return False
+        return True
+
+    def _resendable(self) -> bool:
+        """Whether the request can be written again: no body, or all of it kept."""
+        body = self.request.body
+        if body.complete and not body.received:
+            return True
+        return self.body_done and self.kept is not None
+
+    def fail(self, status: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.record()
+        self.conn.send_error(self.request, status)
+
+    def client_gone(self) -> None:
+        """The client closed its connection: abandon the upstream side."""
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        upstream = self.upstream
+        self.upstream = None
+        if not self.finished and self.peer is not None:
+            self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
+        self.finished = True
+        if upstream is not None:
+            upstream.abort()
+        self.record()
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def record(self) -> None:
+        request = self.request
+        request.upstream_addr = ", ".join(self.addrs)
+        request.upstream_status = ", ".join(self.statuses)
+        request.upstream_response_time = ", ".join(self.times)
+
+    def _peer_url(self) -> str:
+        address = self.peer.address if self.peer is not None else self.group.name
+        return f"http://{address}{self.request.target_str}"
+
+    # -- tunnels (Upgrade: websocket) ------------------------------------------------------
+
+    def tunnel(self, head: ResponseHead) -> None:
+        from portico.proxy.tunnel import Tunnel
+
+        upstream = self.upstream
+        assert upstream is not None
+        self.statuses.append("101")
+        self.response_started = True
+        self.finished = True
+        elapsed = time.monotonic() - self.attempt_started
+        self.times.append(f"{elapsed:.3f}")
+        self.record()
+        if self.peer is not None:
+            self.group.done(self.peer, elapsed, False)
+        headers = self.handler.response_filter.headers(head.headers)
+        Tunnel(
+            self.conn, self.request, upstream, headers, self.upgrade or "", self.read_timeout
+        ).start()

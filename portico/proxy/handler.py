@@ -1,0 +1,55 @@
+"""The ``proxy_pass`` content handler: the location's proxy settings, compiled once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from portico.config.directives import NextUpstream, ProxyPass
+from portico.proxy.exchange import ProxyExchange
+from portico.proxy.headers import compile_request, compile_response
+from portico.upstream.group import UpstreamGroup
+
+if TYPE_CHECKING:
+    from portico.http.request import Request
+
+
+class ProxyHandler:
+    __slots__ = (
+        "connect_timeout",
+        "group",
+        "intercept_errors",
+        "keep_body_size",
+        "next_timeout",
+        "next_upstream",
+        "proxy_host",
+        "read_timeout",
+        "request_template",
+        "response_filter",
+        "retry_statuses",
+        "send_timeout",
+        "tries",
+    )
+
+    def __init__(self, values: Mapping[str, Any], group: UpstreamGroup, prefix: str) -> None:
+        proxy_pass: ProxyPass = values["proxy_pass"]
+        self.group = group
+        self.proxy_host = proxy_pass.host_header
+        self.request_template = compile_request(
+            proxy_pass.uri, prefix, values["proxy_set_header"], keepalive=group.keepalive > 0
+        )
+        self.response_filter = compile_response(
+            values["proxy_hide_header"], values["proxy_pass_header"]
+        )
+        self.next_upstream: NextUpstream = values["proxy_next_upstream"]
+        self.retry_statuses = self.next_upstream.statuses
+        self.tries: int = values["proxy_next_upstream_tries"]
+        self.next_timeout: float = values["proxy_next_upstream_timeout"]
+        self.connect_timeout: float = values["proxy_connect_timeout"]
+        self.read_timeout: float = values["proxy_read_timeout"]
+        self.send_timeout: float = values["proxy_send_timeout"]
+        self.intercept_errors: bool = values["proxy_intercept_errors"]
+        self.keep_body_size: int = values["proxy_request_buffer_size"]
+
+    def handle(self, request: Request) -> None:
+        ProxyExchange(self, request).start()

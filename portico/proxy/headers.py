@@ -1,0 +1,177 @@
+"""What the proxy sends upstream and what it passes back: pure header rewriting.
+
+Towards the upstream (nginx's rules):
+
+- the request line carries the client's URI as received, or, when ``proxy_pass`` has a
+  URI, that URI in place of the part the location matched (``location /api/`` with
+  ``proxy_pass http://app/v2/`` sends ``/api/users`` as ``/v2/users``);
+- ``proxy_set_header`` lines come first (defaults ``Host: $proxy_host`` and
+  ``Connection: close``, or no Connection header when connections are kept alive); an
+  empty value removes the header;
+- then the client's headers, except the ones set above, the hop-by-hop ones (RFC 9110
+  §7.6.1: Connection and every header it names, Keep-Alive, Proxy-Connection, TE,
+  Trailer, Transfer-Encoding, Upgrade) and Expect (portico answers 100-continue itself);
+- the body's framing is ours: Content-Length when the client gave one, chunked otherwise.
+
+Back to the client: the upstream's headers, except hop-by-hop ones and the hidden ones
+(Date, Server, X-Pad, X-Accel-*, plus ``proxy_hide_header``, minus
+``proxy_pass_header``); portico adds its own Date, Server and framing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from portico.http.uri import quote_path
+from portico.variables import Template, compile_template
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# not forwarded to the upstream besides the hop-by-hop ones: we frame the body ourselves
+# and answer "Expect: 100-continue" ourselves
+_REQUEST_DROPPED = HOP_BY_HOP | {"content-length", "expect"}
+HIDDEN_BY_DEFAULT = frozenset(
+    {
+        "date",
+        "server",
+        "x-pad",
+        "x-accel-expires",
+        "x-accel-redirect",
+        "x-accel-limit-rate",
+        "x-accel-buffering",
+        "x-accel-charset",
+    }
+)
+_RESPONSE_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def connection_tokens(value: str) -> set[str]:
+    """Header names listed in a Connection header (they are hop-by-hop too)."""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTemplate:
+    """Everything about the upstream request that is known when the config loads."""
+
+    uri: str | None  # proxy_pass's URI part
+    prefix: str  # what the location matched, replaced by ``uri``
+    # (lowercase name, "Name: " as bytes, value template) for each proxy_set_header,
+    # non-empty constant values already encoded in ``constant_block``
+    dynamic: tuple[tuple[str, bytes, Template], ...]
+    constant_block: bytes
+    overridden: frozenset[str]  # lowercase names the set_header lines own
+
+    def target(self, request: Any) -> bytes:
+        """The request-target to send."""
+        if self.uri is None:
+            if request.redirects:
+                # after an internal redirect the original target no longer applies
+                path = quote_path(request.path)
+                return (path + ("?" + request.query if request.query else "")).encode()
+            return request.target  # type: ignore[no-any-return]
+        path = request.path
+        rest = path[len(self.prefix) :] if path.startswith(self.prefix) else path
+        target = quote_path(self.uri + rest)
+        if request.query:
+            target += "?" + request.query
+        return target.encode("latin-1")
+
+    def head(
+        self,
+        request: Any,
+        method: str,
+        target: bytes,
+        body_length: int | None,
+        chunked: bool,
+        upgrade: str | None,
+    ) -> bytes:
+        """The whole request head for the upstream."""
+        lines = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target), self.constant_block]
+        for _, prefix, template in self.dynamic:
+            value = template.render(request)
+            if value:
+                lines.append(prefix + _encode_value(value) + b"\r\n")
+        overridden = self.overridden
+        connection = request.headers.get("connection")
+        named = connection_tokens(connection) if connection else ()
+        for name, value in request.head.raw_headers:
+            lower = name.lower().decode("latin-1")
+            if lower in _REQUEST_DROPPED or lower in overridden or lower in named:
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        if upgrade is not None and "upgrade" not in overridden:
+            lines.append(b"Upgrade: " + upgrade.encode("latin-1") + b"\r\nConnection: upgrade\r\n")
+        if body_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % body_length)
+        elif chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+
+def _encode_value(value: str) -> bytes:
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", " ").replace("\n", " ")
+    return value.encode("latin-1", "replace")
+
+
+def compile_request(
+    uri: str | None, prefix: str, set_headers: Sequence[tuple[str, Template]], keepalive: bool
+) -> RequestTemplate:
+    """Merge the defaults with the location's ``proxy_set_header`` lines, once."""
+    headers: dict[str, tuple[str, Template]] = {
+        "host": ("Host", compile_template("$proxy_host")),
+    }
+    if not keepalive:
+        headers["connection"] = ("Connection", compile_template("close"))
+    for name, value in set_headers:
+        headers[name.lower()] = (name, value)
+    constant = []
+    dynamic = []
+    for lower, (name, value) in headers.items():
+        if value.is_constant:
+            text = value.render(None)
+            if text:
+                constant.append(f"{name}: {text}\r\n".encode("latin-1"))
+        else:
+            dynamic.append((lower, f"{name}: ".encode("latin-1"), value))
+    # a Connection header we set ourselves must not also come from the client
+    overridden = frozenset(headers) | {"connection"}
+    return RequestTemplate(uri, prefix, tuple(dynamic), b"".join(constant), overridden)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFilter:
+    hidden: frozenset[str]
+
+    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The upstream's headers for the client, encoded."""
+        hidden = self.hidden
+        lines = []
+        named: set[str] | None = None
+        for name, value in raw:
+            lower = name.lower().decode("latin-1")
+            if lower in hidden or lower in HOP_BY_HOP or lower in _RESPONSE_FRAMING:
+                if lower == "connection":
+                    named = connection_tokens(value.decode("latin-1"))
+                continue
+            lines.append((lower, name + b": " + value + b"\r\n"))
+        if named:
+            return b"".join(line for lower, line in lines if lower not in named)
+        return b"".join(line for _, line in lines)
+
+
+def compile_response(hide: Iterable[str], pass_: Iterable[str]) -> ResponseFilter:
+    return ResponseFilter((HIDDEN_BY_DEFAULT | set(hide)) - set(pass_))

@@ -1,0 +1,144 @@
+"""An upstream group in one worker: its balancer, its peers' addresses, its idle pool.
+
+The balancer (balancers.py, pure) decides which peer gets an attempt; this object adds
+what needs I/O: opening connections and keeping idle ones for reuse (``keepalive N``:
+at most N idle connections per group per worker, the most recently used first, as
+nginx's cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any
+
+from portico.config.directives import parse_address
+from portico.config.model import UpstreamConf
+from portico.timeouts import Wheel
+from portico.upstream.balancers import Peer, make_balancer
+from portico.upstream.connection import UpstreamConnection
+
+if TYPE_CHECKING:
+    from portico.http.request import Request
+
+
+class UpstreamGroup:
+    def __init__(self, conf: UpstreamConf, wheel: Wheel, rng: random.Random | None = None) -> None:
+        self.conf = conf
+        self.name = conf.name
+        self.wheel = wheel
+        self.balancer = make_balancer(
+            conf.method.name, conf.peers, time.monotonic, rng or random.Random()
+        )
+        self.method = conf.method.name
+        self.hash_key = conf.method.key
+        self.keepalive = conf.keepalive
+        self.keepalive_requests = conf.keepalive_requests
+        self.keepalive_timeout = conf.keepalive_timeout
+        self.idle: list[UpstreamConnection] = []  # most recently used last
+        self.busy: set[UpstreamConnection] = set()
+        self.addresses: dict[Peer, tuple[str, str, int]] = {
+            peer: _address(peer.address) for peer in (*self.balancer.peers, *self.balancer.backups)
+        }
+
+    # -- choosing ----------------------------------------------------------------------
+
+    def key(self, request: Request) -> bytes:
+        method = self.method
+        if method == "ip_hash":
+            addr = request.conn.remote_addr
+            try:
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                return socket.inet_pton(family, addr)
+            except OSError:
+                return addr.encode()
+        if self.hash_key is not None:
+            return self.hash_key.render(request).encode("utf-8", "surrogateescape")
+        return b""
+
+    def pick(self, request: Request, tried: Collection[Peer]) -> Peer | None:
+        return self.balancer.pick(self.key(request) if self.method != "round_robin" else b"", tried)
+
+    def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
+        self.balancer.done(peer, elapsed, failed)
+
+    # -- connections -----------------------------------------------------------------
+
+    def idle_connection(self, peer: Peer) -> UpstreamConnection | None:
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.peer is peer:
+                del idle[i]
+                if conn.closed:
+                    continue
+                self.busy.add(conn)
+                return conn
+        return None
+
+    def connect(
+        self,
+        peer: Peer,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[UpstreamConnection | None, BaseException | None], None],
+    ) -> asyncio.Future[Any]:
+        """Open a connection to ``peer``; ``done(conn, None)`` or ``done(None, error)``."""
+        family, host, port = self.addresses[peer]
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, peer)
+
+        if family == "unix":
+            coro = loop.create_unix_connection(factory, host)
+        else:
+            coro = loop.create_connection(factory, host, port)
+        future = asyncio.ensure_future(coro)
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                done(None, TimeoutError())
+                return
+            error = f.exception()
+            if error is not None:
+                done(None, error)
+                return
+            _, conn = f.result()
+            self.busy.add(conn)
+            done(conn, None)
+
+        future.add_done_callback(finished)
+        return future
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """An exchange is over and the connection can carry another: keep it idle."""
+        self.busy.discard(conn)
+        conn.exchange = None
+        if conn.closed:
+            return
+        if self.keepalive <= 0 or conn.requests >= self.keepalive_requests:
+            conn.close()
+            return
+        if len(self.idle) >= self.keepalive:
+            self.idle.pop(0).close()  # the least recently used one goes
+        conn.set_deadline("idle", self.keepalive_timeout)
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.busy.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in (*self.idle, *self.busy):
+            conn.close()
+
+
+def _address(address: str) -> tuple[str, str, int]:
+    host, port, path = parse_address(address, default_port=80)
+    if path is not None:
+        return "unix", path, 0
+    return ("inet6" if ":" in host else "inet"), host or "127.0.0.1", port
