@@ -68,6 +68,8 @@ def config_path(option: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        return serve(argv[1:])
     args = _parser().parse_args(argv)
     if args.version:
         import httptools
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     shown = path or loader.BUILTIN_PATH
     try:
         config = loader.load(path, args.prefix)
+        if args.test or not args.signal:
+            from portico.wsgi import check
+
+            errors = check.check_here(config) if args.test else check.check_in_child(config)
+            if errors:
+                raise ConfigErrors(errors)
     except ConfigErrors as e:
         for error in e.errors:
             print(error, file=sys.stderr)
@@ -94,6 +102,116 @@ def main(argv: list[str] | None = None) -> int:
     if args.signal:
         return send_signal(config, args.signal)
     return run(config, path, args.prefix)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portico serve",
+        description="Run one WSGI app (Flask, Django, any PEP 3333 callable), like gunicorn: "
+        "the app runs in portico's workers, behind its HTTP/1.1 server.",
+    )
+    parser.add_argument(
+        "app", metavar="MODULE:APP", help="the app, e.g. examples.hello:app or mypkg:create_app()"
+    )
+    parser.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        help="address to listen on: HOST:PORT, [IPv6]:PORT or unix:PATH "
+        "(repeatable; default 127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "-w", "--workers", type=int, default=1, metavar="N", help="worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=16,
+        metavar="N",
+        help="app threads per worker; 0 runs the app on the event loop (default 16)",
+    )
+    parser.add_argument(
+        "--access-log",
+        metavar="PATH",
+        help="access log file, or - for standard output (default: none)",
+    )
+    parser.add_argument(
+        "--error-log",
+        default="stderr",
+        metavar="PATH",
+        help="error log file (default: standard error)",
+    )
+    parser.add_argument(
+        "--log-level", default="notice", metavar="LEVEL", help="error log level (default notice)"
+    )
+    parser.add_argument(
+        "--chdir",
+        default=".",
+        metavar="DIR",
+        help="folder added to sys.path to import the app (default: the current folder)",
+    )
+    parser.add_argument("--pid", metavar="FILE", help="pid file, for portico -s")
+    parser.add_argument(
+        "-t", dest="test", action="store_true", help="check that the app loads, then exit"
+    )
+    return parser
+
+
+def serve_config(args: argparse.Namespace) -> str:
+    """The config text equivalent to ``portico serve``'s options."""
+
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    listens = "\n".join(f"        listen {quote(b)};" for b in args.bind or ["127.0.0.1:8000"])
+    access = (
+        "off"
+        if not args.access_log
+        else ("stdout" if args.access_log == "-" else quote(os.path.abspath(args.access_log)))
+    )
+    error_log = (
+        args.error_log
+        if args.error_log in ("stderr", "stdout")
+        else quote(os.path.abspath(args.error_log))
+    )
+    pid = f"pid {quote(os.path.abspath(args.pid))};\n" if args.pid else ""
+    return (
+        f"worker_processes {args.workers};\n"
+        f"error_log {error_log} {args.log_level};\n{pid}"
+        "events { worker_connections 1024; }\n"
+        "http {\n"
+        f"    access_log {access};\n"
+        "    client_max_body_size 100m;\n"
+        "    server {\n"
+        f"{listens}\n"
+        f"        wsgi_threads {args.threads};\n"
+        f"        wsgi_path {quote(os.path.abspath(args.chdir))};\n"
+        f"        location / {{ wsgi {quote(args.app)}; }}\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def serve(argv: list[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    text = serve_config(args)
+    path = "<portico serve>"
+    try:
+        config = loader.load_text(text, path, os.path.abspath(args.chdir))
+        from portico.wsgi import check
+
+        errors = check.check_here(config) if args.test else check.check_in_child(config)
+        if errors:
+            raise ConfigErrors(errors)
+    except ConfigErrors as e:
+        for error in e.errors:
+            print(f"portico: {error.message}", file=sys.stderr)
+        return 1
+    if args.test:
+        print(f"portico: app {args.app} loads", file=sys.stderr)
+        return 0
+    return run(config, None, None, text=text)
 
 
 def send_signal(config: Config, name: str) -> int:
@@ -121,7 +239,7 @@ def send_signal(config: Config, name: str) -> int:
     return 0
 
 
-def run(config: Config, path: str | None, prefix: str | None) -> int:
+def run(config: Config, path: str | None, prefix: str | None, text: str | None = None) -> int:
     from portico.logs import ErrorLog
     from portico.process.master import Master
 
@@ -133,7 +251,7 @@ def run(config: Config, path: str | None, prefix: str | None) -> int:
             file=sys.stderr,
         )
         return 1
-    master = Master(config, error_log, path, prefix)
+    master = Master(config, error_log, path, prefix, text)
     try:
         master.start()
     except PorticoError as e:

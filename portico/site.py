@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from portico.config.directives import AddHeader, ErrorPage, Listen, Return
+from portico.config.directives import AddHeader, ErrorPage, Listen, Return, WsgiApp
 from portico.config.model import Config, LocationConf, ServerConf
 from portico.errors import ProtocolError
 from portico.http.response import (
@@ -209,6 +209,8 @@ class Site:
         self.error_log = error_log
         self.worker = worker
         self._log_files: dict[str, LogFile] = {}
+        self._apps: dict[str, Any] = {}
+        self._pools: dict[int, Any] = {}
         wheel = worker.wheel if worker is not None else Wheel()
         self.upstreams = {
             name: UpstreamGroup(conf, wheel) for name, conf in config.http.upstreams.items()
@@ -236,7 +238,28 @@ class Site:
         proxy_pass = values.get("proxy_pass")
         if proxy_pass is not None:
             return ProxyHandler(values, self.upstreams[proxy_pass.target], prefix or "")
+        app = values.get("wsgi")
+        if app is not None:
+            return self._wsgi_handler(values, app)
         return StaticHandler(values, prefix)
+
+    def _wsgi_handler(self, values: Mapping[str, Any], app: WsgiApp) -> Handler:
+        from portico.wsgi.app import load_app
+        from portico.wsgi.handler import WsgiHandler
+        from portico.wsgi.pool import AppPool
+
+        callable_ = self._apps.get(app.spec)
+        if callable_ is None:
+            callable_ = self._apps[app.spec] = load_app(app.spec, values["wsgi_path"])
+        threads: int = values["wsgi_threads"]
+        pool = None
+        if threads > 0:
+            pool = self._pools.get(threads)
+            if pool is None:
+                import asyncio
+
+                pool = self._pools[threads] = AppPool(asyncio.get_running_loop(), threads)
+        return WsgiHandler(values, callable_, pool, self.error_log)
 
     def _bind(self, servers: list[Server]) -> dict[SocketKey, Binding]:
         """Group servers by listening socket (see process/sockets.py): the servers of
@@ -259,6 +282,8 @@ class Site:
         return bindings
 
     def close(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(timeout=1.0)
         for group in self.upstreams.values():
             group.close()
         for file in self._log_files.values():

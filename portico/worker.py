@@ -37,6 +37,7 @@ class WorkerContext:
     def __init__(self, config: Config, error_log: ErrorLog) -> None:
         self.config = config
         self.error_log = error_log
+        self.loop = asyncio.get_running_loop()
         self.wheel = Wheel(TICK, time.monotonic())
         self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()

@@ -636,6 +636,32 @@ def as_method(name: str) -> Converter:
     return convert
 
 
+# -- wsgi values --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WsgiApp:
+    """``wsgi MODULE:APP``, with its place in the config for error messages."""
+
+    spec: str
+    file: str
+    line: int
+
+
+def as_wsgi_app(node: Node, env: Env) -> WsgiApp:
+    from portico.wsgi.app import AppLoadError, parse_spec
+
+    try:
+        parse_spec(node.args[0])
+    except AppLoadError as e:
+        raise node.error(str(e)) from None
+    return WsgiApp(node.args[0], node.file, node.line)
+
+
+def as_env_pair(node: Node, env: Env) -> tuple[str, str]:
+    return node.args[0], node.args[1]
+
+
 # ---------------------------------------------------------------------------------
 # The table.
 
@@ -1312,4 +1338,68 @@ PROXY = [
     ),
 ]
 
-register(*_TABLE, *PROXY)
+WSGI = [
+    Directive(
+        "wsgi",
+        "wsgi MODULE:APP;  wsgi MODULE:FACTORY();",
+        frozenset({LOCATION}),
+        as_wsgi_app,
+        inherit=False,
+        doc="Runs a PEP 3333 app (Flask, Django, any WSGI callable) for the location, "
+        "in each worker. `MODULE` alone means `MODULE:application` or "
+        "`MODULE:app`; `FACTORY()` is called once to make the app. The app is "
+        "imported when the config is checked (`-t`), at start and at each reload.",
+    ),
+    Directive(
+        "wsgi_threads",
+        "wsgi_threads NUMBER;",
+        HSL,
+        as_int,
+        default="16",
+        doc="Threads per worker that run the app, so a slow request never stalls "
+        "others, static files or the proxy. `0` runs the app on the event loop "
+        "itself: fastest for apps that never wait on anything, but an app that "
+        "blocks (a database call, a sleep) then blocks its whole worker.",
+    ),
+    Directive(
+        "wsgi_path",
+        "wsgi_path DIR;",
+        HSL,
+        as_path,
+        multiple=True,
+        doc="A folder added to `sys.path` before the app is imported (relative to the prefix).",
+    ),
+    Directive(
+        "wsgi_env",
+        "wsgi_env NAME VALUE;",
+        HSL,
+        as_env_pair,
+        min_args=2,
+        max_args=2,
+        multiple=True,
+        doc="An extra key of the app's `environ`.",
+    ),
+    Directive(
+        "wsgi_script_name",
+        "wsgi_script_name PREFIX;",
+        HSL,
+        as_text,
+        default_value="",
+        doc="Where the app is mounted: requests under PREFIX get it as `SCRIPT_NAME` "
+        "and the rest of the path as `PATH_INFO`. Empty by default: "
+        "`PATH_INFO` is the whole path.",
+    ),
+    Directive(
+        "wsgi_request_buffering",
+        "wsgi_request_buffering on | off;",
+        HSL,
+        as_flag,
+        default="on",
+        doc="`on`: the request body is read in full (in memory, then a temporary "
+        "file) before the app runs, so a slow client costs no app time. `off`: "
+        "the app starts at once and `wsgi.input` streams the body as it "
+        "arrives (threaded mode only).",
+    ),
+]
+
+register(*_TABLE, *PROXY, *WSGI)

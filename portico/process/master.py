@@ -41,6 +41,7 @@ from portico.errors import ConfigErrors
 from portico.logs import ErrorLog
 from portico.process import sockets as sockets_module
 from portico.process.sockets import BindError, SocketKey
+from portico.wsgi import check
 
 HANDLED_SIGNALS = (
     signal.SIGHUP,
@@ -69,9 +70,16 @@ class WorkerProcess:
 
 class Master:
     def __init__(
-        self, config: Config, error_log: ErrorLog, config_path: str | None, prefix: str | None
+        self,
+        config: Config,
+        error_log: ErrorLog,
+        config_path: str | None,
+        prefix: str | None,
+        config_text: str | None = None,
     ) -> None:
         self.config = config
+        # a config made from command line options (portico serve): reload re-reads this
+        self.config_text = config_text
         self.error_log = error_log
         self.config_path = config_path
         self.prefix = prefix
@@ -266,7 +274,13 @@ class Master:
     def handle_hup(self) -> None:
         self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
         try:
-            config = loader.load(self.config_path, self.prefix)
+            if self.config_text is not None:
+                config = loader.load_text(self.config_text, self.config.path, self.config.prefix)
+            else:
+                config = loader.load(self.config_path, self.prefix)
+            errors = check.check_in_child(config)
+            if errors:
+                raise ConfigErrors(errors)
         except ConfigErrors as e:
             for error in e.errors:
                 self.error_log.log("emerg", str(error))

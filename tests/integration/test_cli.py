@@ -162,32 +162,3 @@ def test_signal_without_pid_directive(tmp_path: Path) -> None:
     result = run("-s", "reload", "-c", str(conf))
     assert result.returncode == 1
     assert 'has no "pid" directive' in result.stderr
-
-
-def test_builtin_default_config_serves_a_welcome_page() -> None:
-    # the built-in default listens on 127.0.0.1:8080; skip if something else holds it
-    import socket
-
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
-            import pytest
-
-            pytest.skip("127.0.0.1:8080 is taken on this machine")
-    process = subprocess.Popen(
-        [*PORTICO],
-        stderr=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd="/",
-    )
-    try:
-        wait_for_port(8080, process=process)
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=5)
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        assert response.status == 200
-        assert b"Welcome to portico" in response.read()
-        conn.close()
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(10)

@@ -1,0 +1,1 @@
+"""The reverse proxy: requests passed to upstream groups, answers streamed back."""

@@ -1,0 +1,171 @@
+"""The event-loop side of a WSGI call: turns the app's events into an HTTP answer.
+
+Events arrive from the app side (call.py) directly in inline mode, or through the pool's
+hand-off (pool.py) in threaded mode; either way ``handle`` runs on the event loop.
+
+Framing: a ``WHOLE`` answer gets a Content-Length (its body is known), except a HEAD
+answer, which keeps the length the app declared. A streamed answer keeps the app's
+Content-Length if it gave one; otherwise it is chunked for HTTP/1.1 clients and ends
+with the connection for HTTP/1.0 ones (the connection decides).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from portico.http.response import encode_headers
+from portico.http.sendfile import FilePump
+from portico.wsgi.call import DATA, END, ERROR, FILE, HEAD, WHOLE, WsgiCall
+
+if TYPE_CHECKING:
+    from portico.http.request import Request
+
+_FRAMING = frozenset({"content-length", "transfer-encoding", "date"})
+
+
+class WsgiAnswer:
+    __slots__ = ("call", "conn", "done", "event", "request", "sendfile", "sent_head")
+
+    def __init__(self, request: Request, sendfile: bool) -> None:
+        self.request = request
+        self.conn = request.conn
+        self.sendfile = sendfile
+        self.call: WsgiCall | None = None
+        self.sent_head = False
+        self.done = False
+        # how events reach ``handle``: directly, or through the pool (set by the handler)
+        self.event: Callable[[int, Any], None] = self.handle
+
+    def cancel(self) -> None:
+        """The client went away: the app side stops at its next chunk."""
+        self.done = True
+        call = self.call
+        if call is not None:
+            call.cancelled = True
+            call.wake()
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        call = self.call
+        assert call is not None
+
+        def resume() -> None:
+            call.paused = False
+            callback()
+
+        self.conn.when_writable(resume)
+
+    def _head(self) -> tuple[int, bytes]:
+        call = self.call
+        assert call is not None and call.status is not None
+        headers = [(n, v) for n, v in call.headers if n.lower() not in _FRAMING]
+        return int(call.status[:3]), encode_headers(headers)
+
+    def handle(self, kind: int, payload: Any) -> None:
+        if self.done:
+            if kind == ERROR:
+                self._log_error(payload)
+            return
+        conn = self.conn
+        request = self.request
+        if kind == WHOLE:
+            status, headers = self._head()
+            self.sent_head = True
+            self.done = True
+            if request.method == "HEAD":
+                conn.send_head(request, status, headers, self.call.declared_length())  # type: ignore[union-attr]
+                conn.finish(request)
+            else:
+                conn.send_response(request, status, headers, payload)
+        elif kind == DATA:
+            conn.send_data(request, payload)
+            call = self.call
+            assert call is not None
+            call.consumed += len(payload)
+            if conn.write_paused and not call.paused:
+                call.paused = True
+                if not call.inline:
+                    conn.when_writable(self._resume)
+            elif call.inline is False:
+                call.wake()
+        elif kind == HEAD:
+            status, headers = self._head()
+            self.sent_head = True
+            conn.send_head(request, status, headers, self.call.declared_length())  # type: ignore[union-attr]
+        elif kind == END:
+            self.done = True
+            call = self.call
+            declared = call.declared_length() if call is not None else None
+            if (
+                declared is not None
+                and request.method != "HEAD"
+                and request.body_bytes_sent < declared
+            ):
+                # the app promised more than it gave: the client must not wait for it
+                self.conn.worker.site.error(
+                    request, f"the app sent {request.body_bytes_sent} of {declared} declared bytes"
+                )
+                request.keep_alive = False
+            conn.finish(request)
+            if not request.keep_alive and declared is not None:
+                conn.close()
+        elif kind == FILE:
+            self._file(*payload)
+        elif kind == ERROR:
+            self._error(payload)
+
+    def _resume(self) -> None:
+        call = self.call
+        if call is not None:
+            call.paused = False
+            call.wake()
+
+    def _file(self, fd: int, offset: int, count: int) -> None:
+        import os
+
+        conn = self.conn
+        request = self.request
+        status, headers = self._head()
+        self.sent_head = True
+        self.done = True
+        conn.send_head(request, status, headers, count)
+        if request.method == "HEAD" or count == 0:
+            os.close(fd)
+            conn.finish(request)
+            return
+
+        def sent(ok: bool) -> None:
+            request.body_bytes_sent += pump.sent
+            request.bytes_sent += pump.sent
+            if not ok:
+                request.keep_alive = False
+            conn.finish(request)
+            if not ok:
+                conn.close()
+
+        pump = FilePump(conn, fd, offset, count, self.sendfile, sent)
+        pump.start()
+
+    def _error(self, text: str) -> None:
+        self._log_error(text)
+        request = self.request
+        self.done = True
+        call = self.call
+        if call is not None:
+            call.cancelled = True
+        if not self.sent_head:
+            self.conn.send_error(request, 500)
+        else:
+            request.keep_alive = False
+            self.conn.finish(request)
+            self.conn.close()
+
+    def _log_error(self, text: str) -> None:
+        self.conn.worker.site.error(
+            self.request, "the app raised an exception:\n" + text.rstrip(), level="error"
+        )
+
+
+def format_exception() -> str:
+    return traceback.format_exc()
