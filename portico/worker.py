@@ -19,6 +19,7 @@ import contextlib
 import signal
 import socket
 import time
+from typing import Any
 
 from portico.config.model import Config
 from portico.http.protocol import HttpConnection
@@ -41,7 +42,11 @@ class WorkerContext:
         self.wheel = Wheel(TICK, time.monotonic())
         self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()
+        self.max_connections = config.worker_connections
+        self.full = False
+        self.gates: list[AcceptGate] = []
         self.accepting = True
+        self.draining = False  # a graceful stop is waiting for the connections to end
         self.date = DateClock()
         self._connection_numbers = 0
         self.stopped: asyncio.Future[None] | None = None
@@ -51,12 +56,28 @@ class WorkerContext:
         return self._connection_numbers
 
     def connection_opened(self, conn: HttpConnection) -> None:
-        self.connections.add(conn)
+        connections = self.connections
+        connections.add(conn)
+        if len(connections) >= self.max_connections and not self.full:
+            # worker_connections reached: later connections wait in the listen backlog
+            self.full = True
+            for gate in self.gates:
+                gate.stop()
+            if self.error_log.enabled("warn"):
+                self.error_log.log(
+                    "warn",
+                    f"{len(connections)} worker_connections are not "
+                    "enough; new connections wait in the backlog",
+                )
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        if self.full and len(self.connections) < self.max_connections and self.accepting:
+            self.full = False
+            for gate in self.gates:
+                gate.start()
         if (
-            not self.accepting
+            self.draining
             and not self.connections
             and self.stopped is not None
             and not self.stopped.done()
@@ -65,6 +86,66 @@ class WorkerContext:
 
     def date_header(self) -> bytes:
         return self.date.update(time.time())
+
+
+class AcceptGate:
+    """Accepting on one inherited listening socket, with a way to stop and start again.
+
+    uvloop's server closes the socket it was given when it stops, and has no pause:
+    so each start hands it a duplicate of the inherited socket, and a stop closes only
+    that duplicate. The inherited socket (and its queue of waiting connections) stays
+    open the whole time: a pause leaves new connections in the listen backlog.
+    """
+
+    def __init__(self, sock: socket.socket, factory: Any, backlog: int) -> None:
+        self.sock = sock
+        self.factory = factory
+        self.backlog = backlog
+        self.server: asyncio.base_events.Server | None = None
+        self.wanted = False
+        self._changing = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def open(self) -> None:
+        self.wanted = True
+        await self._apply()
+
+    def start(self) -> None:
+        self.wanted = True
+        if not self._changing:
+            self._task = asyncio.ensure_future(self._apply())
+
+    def stop(self) -> None:
+        self.wanted = False
+        if not self._changing and self.server is not None:
+            server, self.server = self.server, None
+            server.close()
+
+    async def _apply(self) -> None:
+        # one change at a time; loop until the state matches what is wanted
+        self._changing = True
+        try:
+            while True:
+                if self.wanted and self.server is None:
+                    duplicate = self.sock.dup()
+                    try:
+                        self.server = await asyncio.get_running_loop().create_server(
+                            self.factory, sock=duplicate, backlog=self.backlog
+                        )
+                    finally:
+                        duplicate.detach()  # the server owns the descriptor now
+                elif not self.wanted and self.server is not None:
+                    server, self.server = self.server, None
+                    server.close()
+                else:
+                    break
+        finally:
+            self._changing = False
+
+    def close(self) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 class Worker:
@@ -81,7 +162,7 @@ class Worker:
         self.number = number
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: WorkerContext | None = None
-        self.servers: list[asyncio.base_events.Server] = []
+        self.gates: list[AcceptGate] = []
         self._ticks = 0
 
     def run(self) -> int:
@@ -105,18 +186,21 @@ class Worker:
             binding = context.site.bindings.get(key)
             if binding is None:
                 continue  # a socket of an old config that this one does not use
-            server = await loop.create_server(
+            gate = AcceptGate(
+                sock,
                 lambda binding=binding: HttpConnection(context, binding),
-                sock=sock,
-                backlog=binding.listen.backlog,
+                binding.listen.backlog,
             )
-            self.servers.append(server)
+            await gate.open()
+            self.gates.append(gate)
+        context.gates = self.gates
         loop.add_signal_handler(signal.SIGQUIT, self.stop, False)
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         loop.add_signal_handler(signal.SIGINT, self.stop, True)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         loop.add_signal_handler(signal.SIGWINCH, lambda: None)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self._tick()
         await context.stopped
         for conn in list(context.connections):
@@ -139,26 +223,38 @@ class Worker:
         if not context.accepting and not fast:
             return
         context.accepting = False
-        for server in self.servers:
-            server.close()
-        for sock in self.sockets.values():
-            with contextlib.suppress(OSError):
-                sock.close()
+        for gate in self.gates:
+            gate.close()
         stopped = context.stopped
         assert stopped is not None
-        if fast or not context.connections:
+        if fast:
+            if not stopped.done():
+                stopped.set_result(None)
+            return
+        # a connection accepted in this very turn of the loop gets its connection_made
+        # in the next one: drain only after that, or it would be dropped unanswered
+        self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Graceful stop, after accepting stopped: idle connections close, busy ones
+        close after their answer; the worker exits when none is left."""
+        context = self.context
+        assert context is not None and self.loop is not None
+        stopped = context.stopped
+        assert stopped is not None
+        context.draining = True
+        if not context.connections:
             if not stopped.done():
                 stopped.set_result(None)
             return
         for conn in list(context.connections):
             conn.shutdown()
-        timeout = self.config.worker_shutdown_timeout
 
         def give_up() -> None:
             if not stopped.done():
                 stopped.set_result(None)
 
-        self.loop.call_later(timeout, give_up)
+        self.loop.call_later(self.config.worker_shutdown_timeout, give_up)
 
     def reopen(self) -> None:
         assert self.context is not None
@@ -181,7 +277,7 @@ def serve_in_this_process(
         signal.SIGCHLD,
     ):
         signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # signals stay blocked (see Master._spawn) until the loop's handlers are in place
     try:
         return Worker(config, sockets, error_log, number).run()
     except Exception as e:  # a worker that cannot start says why, once

@@ -408,6 +408,30 @@ def as_error_log(node: Node, env: Env) -> ErrorLog:
     return ErrorLog(resolve_path(node.args[0], env), level)
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+def as_user(node: Node, env: Env) -> User:
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(node.args[0])
+    except KeyError:
+        raise node.error(f'getpwnam("{node.args[0]}") failed: no such user') from None
+    gid = entry.pw_gid
+    if len(node.args) > 1:
+        try:
+            gid = grp.getgrnam(node.args[1]).gr_gid
+        except KeyError:
+            raise node.error(f'getgrnam("{node.args[1]}") failed: no such group') from None
+    return User(entry.pw_name, entry.pw_uid, gid)
+
+
 def as_worker_processes(node: Node, env: Env) -> int:
     import os
 
@@ -691,6 +715,15 @@ _TABLE: list[Directive] = [
         frozenset({MAIN}),
         as_path,
         doc="The file the master writes its pid to (used by `portico -s`); none when unset.",
+    ),
+    Directive(
+        "user",
+        "user USER [GROUP];",
+        frozenset({MAIN}),
+        as_user,
+        max_args=2,
+        doc="The user (and group) worker processes run as, when portico starts as root. "
+        "The master keeps root's rights, to bind ports and reopen logs.",
     ),
     Directive(
         "worker_rlimit_nofile",

@@ -169,6 +169,7 @@ class Builder:
             worker_shutdown_timeout=values["worker_shutdown_timeout"],
             error_log=values["error_log"],
             pid=values["pid"],
+            user=values["user"],
             http=http,
         )
 

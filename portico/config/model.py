@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from portico.config.directives import BalanceMethod, ErrorLog, Listen, LogFormat
+from portico.config.directives import BalanceMethod, ErrorLog, Listen, LogFormat, User
 from portico.upstream.balancers import PeerSpec
 
 
@@ -82,6 +82,7 @@ class Config:
     worker_shutdown_timeout: float
     error_log: ErrorLog
     pid: str | None
+    user: User | None
     http: HttpConf
 
     @property

@@ -545,8 +545,11 @@ class HttpConnection(asyncio.Protocol):
         self.transport.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the current answer."""
-        if self.state in (IDLE, LINGER):
+        """Graceful stop: close an idle keep-alive connection now, else after the current
+        answer. A new connection that has not sent its first request yet is not idle,
+        as in nginx: it gets that request answered (with Connection: close), since the
+        client could not know we were stopping when it connected."""
+        if self.state == LINGER or (self.state == IDLE and self.requests > 0):
             self.close()
         elif self.current is not None:
             self.current.keep_alive = False

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import select
 import signal
 import socket
@@ -91,9 +92,13 @@ class Master:
         self.stop_deadline = 0.0
         self.pid_path: str | None = None
         self.respawn_at: dict[int, float] = {}  # worker number → when to start it again
-        self.backoff: dict[int, float] = {}
+        self.backoff: dict[int, int] = {}  # worker number → quick deaths in a row
         self.winched = False
         self.upgraded = False  # a new master took over our sockets (USR2)
+        self.new_master: int | None = None
+        # unix socket files this master created (it removes them when it closes them;
+        # inherited ones belong to whoever created them)
+        self.created_files: set[str] = set()
         self._wake_read = -1
         self._wake_write = -1
 
@@ -101,10 +106,30 @@ class Master:
 
     def start(self) -> None:
         """Bind, write the pid file: everything that can fail before we fork."""
+        self._raise_open_file_limit()
         self.sockets = self._open_sockets(self.config, inherited=sockets_module.inherited())
         os.environ.pop(sockets_module.ENVIRONMENT_VARIABLE, None)
         if self.config.pid:
             self._write_pid(self.config.pid)
+
+    def _raise_open_file_limit(self) -> None:
+        """Workers need a descriptor per connection (two when proxying): the soft limit
+        goes up to the hard one (or to worker_rlimit_nofile), and a limit too small for
+        worker_connections is said in the error log, as nginx says it."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self.config.worker_rlimit_nofile or hard
+        if hard != resource.RLIM_INFINITY:
+            wanted = min(wanted, hard)
+        if wanted != soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if self.config.worker_connections > soft:
+            self.error_log.log(
+                "warn",
+                f"{self.config.worker_connections} worker_connections "
+                f"exceed open file resource limit: {soft}",
+            )
 
     def _open_sockets(
         self, config: Config, inherited: dict[SocketKey, socket.socket]
@@ -113,7 +138,11 @@ class Master:
         try:
             for key, listen in sockets_module.plan(config).items():
                 sock = self.sockets.get(key) or inherited.pop(key, None)
-                opened[key] = sock if sock is not None else sockets_module.bind(listen, key)
+                if sock is None:
+                    sock = sockets_module.bind(listen, key)
+                    if key[0] == "unix":
+                        self.created_files.add(key[1])
+                opened[key] = sock
         except BindError:
             for key, sock in opened.items():
                 if key not in self.sockets:
@@ -196,7 +225,13 @@ class Master:
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
+        # Signals stay blocked across the fork: one that arrives before the worker has
+        # its own handlers (a QUIT from a quick reload) waits for them instead of
+        # reaching a copy of the master's handler and being lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:
             code = 1
             try:
@@ -205,12 +240,21 @@ class Master:
                 os.close(self._wake_write)
                 self.error_log.ident = f"{os.getpid()}#0"
                 _set_title("portico: worker process")
+                self._drop_privileges()
                 from portico.worker import serve_in_this_process
 
                 code = serve_in_this_process(self.config, self.sockets, self.error_log, number)
             finally:
                 os._exit(code)
         self.workers[pid] = WorkerProcess(pid, number, self.generation, time.monotonic())
+
+    def _drop_privileges(self) -> None:
+        user = self.config.user
+        if user is None or os.getuid() != 0:
+            return
+        os.initgroups(user.name, user.gid)
+        os.setgid(user.gid)
+        os.setuid(user.uid)
 
     def _reap(self) -> None:
         while True:
@@ -222,6 +266,8 @@ class Master:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
+                if pid == self.new_master:
+                    self._upgrade_ended(status)
                 continue
             if os.WIFSIGNALED(status):
                 how = f"exited on signal {os.WTERMSIG(status)}"
@@ -236,13 +282,28 @@ class Master:
                 continue
             self._schedule_respawn(worker)
 
+    def _upgrade_ended(self, status: int) -> None:
+        """The new master of an upgrade exited: this one is the master again (nginx)."""
+        self.error_log.log(
+            "notice",
+            f"the new master process {self.new_master} exited with "
+            f"status {status}; keeping the old binary",
+        )
+        self.new_master = None
+        self.upgraded = False
+        if self.pid_path and self.pid_path.endswith(".oldbin"):
+            original = self.pid_path[: -len(".oldbin")]
+            if read_pid(original) is None:
+                os.replace(self.pid_path, original)
+                self.pid_path = original
+
     def _schedule_respawn(self, worker: WorkerProcess) -> None:
+        """Replace a dead worker at once; only a worker that keeps dying right after
+        start (a crash loop) waits, 0.5 s then twice as long each time, up to 30 s."""
         now = time.monotonic()
-        if now - worker.started < QUICK_DEATH:
-            delay = min(MAX_BACKOFF, self.backoff.get(worker.number, 0.5) * 2)
-        else:
-            delay = 0.0
-        self.backoff[worker.number] = delay or 0.5
+        quick = self.backoff.get(worker.number, 0) + 1 if now - worker.started < QUICK_DEATH else 0
+        self.backoff[worker.number] = quick
+        delay = 0.0 if quick <= 1 else min(MAX_BACKOFF, 0.25 * 2 ** (quick - 1))
         if delay:
             self.error_log.log(
                 "alert",
@@ -299,12 +360,7 @@ class Master:
         self.winched = False
         self._spawn_generation()
         self._signal_workers(signal.SIGQUIT, old_generation)
-        for key, sock in old_sockets.items():
-            if key not in new_sockets:
-                sock.close()
-                if key[0] == "unix":
-                    with contextlib.suppress(OSError):
-                        os.unlink(key[1])
+        self._close_sockets({k: s for k, s in old_sockets.items() if k not in new_sockets})
 
     def handle_quit(self) -> None:
         self.error_log.log("notice", "signal 3 (SIGQUIT) received, shutting down gracefully")
@@ -359,18 +415,23 @@ class Master:
                 os.execve(sys.executable, argv, env)
             finally:
                 os._exit(1)
+        self.new_master = pid
         self.error_log.log("notice", f"started the new master process {pid}")
 
-    def _close_sockets(self) -> None:
-        for key, sock in self.sockets.items():
+    def _close_sockets(self, sockets: dict[SocketKey, socket.socket] | None = None) -> None:
+        """Close listening sockets (all of them by default)."""
+        closing = self.sockets if sockets is None else sockets
+        for key, sock in closing.items():
             with contextlib.suppress(OSError):
                 sock.close()
-            # a unix socket file goes with its socket, unless a new master (upgrade)
-            # still listens on it
-            if key[0] == "unix" and not self.upgraded:
+            # a unix socket file goes with its socket, if we made it and no new master
+            # (upgrade) still listens on it
+            if key[0] == "unix" and key[1] in self.created_files and not self.upgraded:
+                self.created_files.discard(key[1])
                 with contextlib.suppress(OSError):
                     os.unlink(key[1])
-        self.sockets = {}
+        if sockets is None:
+            self.sockets = {}
 
     def _cleanup(self) -> None:
         self._close_sockets()
@@ -402,10 +463,6 @@ def _alive(pid: int) -> bool:
 
 def _set_title(title: str) -> None:
     """Name the process for ps and top, as nginx's processes are named."""
-    try:
-        import setproctitle  # type: ignore[import-not-found]
+    import setproctitle
 
-        setproctitle.setproctitle(title)
-    except ImportError:
-        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
-            f.write(title.split(" process")[0][:15])
+    setproctitle.setproctitle(title)
