@@ -12,13 +12,17 @@ through ``route`` again with the new URI, at most ``MAX_REDIRECTS`` times, as ng
 
 from __future__ import annotations
 
+import asyncio
+import time
 import traceback
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portico.config.directives import AddHeader, ErrorPage, Listen, Return, WsgiApp
 from portico.config.model import Config, LocationConf, ServerConf
 from portico.errors import ProtocolError
+from portico.http.protocol import CLOSED
 from portico.http.response import (
     SERVER_FULL,
     SERVER_SHORT,
@@ -26,6 +30,7 @@ from portico.http.response import (
     error_page,
 )
 from portico.http.uri import normalize_path, quote_path
+from portico.limits import ConnectionLimiter, LeakyBucket, RateLimiter, make_zones
 from portico.logs import AccessLog, ErrorLog, LogFile, compile_log_format, context
 from portico.process import sockets
 from portico.process.sockets import SocketKey
@@ -75,6 +80,9 @@ class Location:
         "handler",
         "keepalive_requests",
         "keepalive_timeout",
+        "limit_conn_status",
+        "limit_req_status",
+        "limiters",
         "locations",
         "modifier",
         "pattern",
@@ -105,6 +113,9 @@ class Location:
         self.send_timeout: float = values["send_timeout"]
         self.keepalive_timeout: float = values["keepalive_timeout"]
         self.keepalive_requests: int = values["keepalive_requests"]
+        self.limiters = site.limiters(values)
+        self.limit_req_status: int = values["limit_req_status"]
+        self.limit_conn_status: int = values["limit_conn_status"]
         self.handler: Handler = site.make_handler(values, conf)
         self.locations: tuple[Location, ...] = tuple(
             Location(site, child, child.values, server)
@@ -206,6 +217,10 @@ class Binding:
 class Site:
     def __init__(self, config: Config, error_log: ErrorLog, worker: Any = None) -> None:
         self.config = config
+        # shared zones made by the master (a worker without a master makes its own)
+        self.zones = (
+            worker.zones if worker is not None and worker.zones else make_zones(config.http.zones)
+        )
         self.error_log = error_log
         self.worker = worker
         self._log_files: dict[str, LogFile] = {}
@@ -230,6 +245,18 @@ class Site:
                 self._log_files[entry.path] = file
             logs.append(AccessLog(file, self._formats[entry.format]))
         return tuple(logs)
+
+    def limiters(self, values: Mapping[str, Any]) -> tuple[tuple[Any, Any, str], ...]:
+        """(limiter, key template, kind) for each limit_req and limit_conn line."""
+        out: list[tuple[Any, Any, str]] = []
+        zones = self.config.http.zones
+        for limit in values["limit_req"]:
+            conf = zones[limit.zone]
+            bucket = LeakyBucket(conf.rate, limit.burst, limit.nodelay, limit.delay)
+            out.append((RateLimiter(self.zones[limit.zone], bucket), conf.key, "req"))
+        for name, number in values["limit_conn"]:
+            out.append((ConnectionLimiter(self.zones[name], number), zones[name].key, "conn"))
+        return tuple(out)
 
     def make_handler(self, values: Mapping[str, Any], conf: LocationConf | None) -> Handler:
         if values.get("return") is not None and conf is not None:
@@ -326,6 +353,10 @@ class Site:
         self.run(request, location)
 
     def run(self, request: Request, location: Location) -> None:
+        if location.limiters and not request.limited:
+            request.limited = True
+            if not self._limits(request, location):
+                return
         limit = location.client_max_body_size
         if limit and request.content_length is not None and request.content_length > limit:
             self.error(
@@ -336,6 +367,38 @@ class Site:
             request.conn.send_error(request, 413)
             return
         location.handler.handle(request)
+
+    def _limits(self, request: Request, location: Location) -> bool:
+        """limit_req and limit_conn; False when the request was refused or delayed."""
+        delay = 0.0
+        for limiter, key_template, kind in location.limiters:
+            key = key_template.render(request).encode("latin-1", "replace")
+            if not key:
+                continue
+            if kind == "req":
+                verdict = limiter.check(key, int(time.time() * 1000))
+                if not verdict.allowed:
+                    self.error(request, f'limiting requests, excess by zone "{limiter.zone.name}"')
+                    request.conn.send_error(request, location.limit_req_status)
+                    return False
+                delay = max(delay, verdict.delay)
+            else:
+                if not limiter.acquire(key):
+                    self.error(request, f'limiting connections by zone "{limiter.zone.name}"')
+                    request.conn.send_error(request, location.limit_conn_status)
+                    return False
+                request.add_cleanup(partial(limiter.release, key))
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._delayed, request, location)
+            return False
+        return True
+
+    def _delayed(self, request: Request, location: Location) -> None:
+        if request.conn.state != CLOSED:
+            try:
+                self.run(request, location)
+            except Exception:
+                self.internal_error(request)
 
     def internal_error(self, request: Request) -> None:
         self.error(
@@ -380,6 +443,8 @@ class Site:
 
     def aborted(self, request: Request) -> None:
         """The client went away mid-exchange; log what was done."""
+        if request.cleanups is not None:
+            request.run_cleanups()
         if request.on_abort is not None:
             on_abort, request.on_abort = request.on_abort, None
             on_abort()

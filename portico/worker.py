@@ -35,8 +35,9 @@ TICK = 0.25
 class WorkerContext:
     """What every connection of this worker shares."""
 
-    def __init__(self, config: Config, error_log: ErrorLog) -> None:
+    def __init__(self, config: Config, error_log: ErrorLog, zones: dict[str, Any]) -> None:
         self.config = config
+        self.zones = zones
         self.error_log = error_log
         self.loop = asyncio.get_running_loop()
         self.wheel = Wheel(TICK, time.monotonic())
@@ -155,8 +156,10 @@ class Worker:
         sockets: dict[SocketKey, socket.socket],
         error_log: ErrorLog,
         number: int = 0,
+        zones: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.zones = zones or {}
         self.sockets = sockets
         self.error_log = error_log
         self.number = number
@@ -179,7 +182,7 @@ class Worker:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        context = WorkerContext(self.config, self.error_log)
+        context = WorkerContext(self.config, self.error_log, self.zones)
         self.context = context
         context.stopped = loop.create_future()
         for key, sock in self.sockets.items():
@@ -263,7 +266,11 @@ class Worker:
 
 
 def serve_in_this_process(
-    config: Config, sockets: dict[SocketKey, socket.socket], error_log: ErrorLog, number: int = 0
+    config: Config,
+    sockets: dict[SocketKey, socket.socket],
+    error_log: ErrorLog,
+    number: int = 0,
+    zones: dict[str, Any] | None = None,
 ) -> int:
     """The body of a forked worker process."""
     for sig in (
@@ -279,7 +286,7 @@ def serve_in_this_process(
         signal.signal(sig, signal.SIG_DFL)
     # signals stay blocked (see Master._spawn) until the loop's handlers are in place
     try:
-        return Worker(config, sockets, error_log, number).run()
+        return Worker(config, sockets, error_log, number, zones).run()
     except Exception as e:  # a worker that cannot start says why, once
         error_log.log("emerg", f"worker failed: {e!r}")
         return 2

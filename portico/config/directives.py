@@ -686,6 +686,95 @@ def as_env_pair(node: Node, env: Env) -> tuple[str, str]:
     return node.args[0], node.args[1]
 
 
+# -- limits ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConf:
+    """``limit_req_zone`` / ``limit_conn_zone``: a shared zone of counters per key."""
+
+    kind: str  # "req" or "conn"
+    name: str
+    key: Template
+    size: int
+    rate: float  # requests per second (req zones)
+    file: str
+    line: int
+
+
+def _zone_argument(node: Node, arg: str) -> tuple[str, int]:
+    spec = arg[5:]
+    name, colon, size = spec.partition(":")
+    if not name or not colon:
+        raise node.error(f'invalid zone "{arg}" (expected zone=NAME:SIZE)')
+    size_bytes = _size(node, size)
+    if size_bytes < 8192:
+        raise node.error(f'zone "{name}" is too small')
+    return name, size_bytes
+
+
+def as_zone(kind: str) -> Converter:
+    def convert(node: Node, env: Env) -> ZoneConf:
+        key = template(node, env, node.args[0])
+        name, size, rate = "", 0, 0.0
+        for arg in node.args[1:]:
+            if arg.startswith("zone="):
+                name, size = _zone_argument(node, arg)
+            elif arg.startswith("rate=") and kind == "req":
+                text = arg[5:]
+                per = 1.0 if text.endswith("r/s") else 60.0 if text.endswith("r/m") else 0.0
+                number = text[:-3]
+                if not per or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+                    raise node.error(f'invalid rate "{arg}" (expected rate=10r/s or 60r/m)')
+                rate = float(number) / per
+            else:
+                raise node.error(f'invalid parameter "{arg}"')
+        if not name:
+            raise node.error(f'"{node.name}" must have a "zone" parameter')
+        if kind == "req" and not rate:
+            raise node.error('"limit_req_zone" must have a "rate" parameter')
+        return ZoneConf(kind, name, key, size, rate, node.file, node.line)
+
+    return convert
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReq:
+    zone: str
+    burst: int
+    nodelay: bool
+    delay: int
+
+
+def as_limit_req(node: Node, env: Env) -> LimitReq:
+    zone, burst, nodelay, delay = "", 0, False, 0
+    for arg in node.args:
+        if arg.startswith("zone="):
+            zone = arg[5:]
+        elif arg.startswith("burst="):
+            burst = _int(node, arg[6:])
+        elif arg == "nodelay":
+            nodelay = True
+        elif arg.startswith("delay="):
+            delay = _int(node, arg[6:])
+        else:
+            raise node.error(f'invalid parameter "{arg}"')
+    if not zone:
+        raise node.error('"limit_req" must have a "zone" parameter')
+    return LimitReq(zone, burst, nodelay, delay)
+
+
+def as_limit_conn(node: Node, env: Env) -> tuple[str, int]:
+    return node.args[0], _int(node, node.args[1], minimum=1)
+
+
+def as_status(node: Node, env: Env) -> int:
+    code = _int(node, node.args[0])
+    if not 400 <= code <= 599:
+        raise node.error(f'value "{code}" must be between 400 and 599')
+    return code
+
+
 # ---------------------------------------------------------------------------------
 # The table.
 
@@ -1435,4 +1524,71 @@ WSGI = [
     ),
 ]
 
-register(*_TABLE, *PROXY, *WSGI)
+LIMITS = [
+    Directive(
+        "limit_req_zone",
+        "limit_req_zone KEY zone=NAME:SIZE rate=RATE;",
+        frozenset({HTTP}),
+        as_zone("req"),
+        min_args=3,
+        max_args=3,
+        multiple=True,
+        inherit=False,
+        doc="A shared zone of request rates per KEY (for example "
+        "`$binary_remote_addr`), kept in shared memory so that every worker "
+        "counts against the same limit. RATE is `10r/s` or `60r/m`; a request "
+        "with an empty KEY is not counted.",
+    ),
+    Directive(
+        "limit_req",
+        "limit_req zone=NAME [burst=NUMBER] [nodelay | delay=NUMBER];",
+        HSL,
+        as_limit_req,
+        max_args=3,
+        multiple=True,
+        doc="nginx's leaky bucket: requests above the zone's rate are delayed while "
+        "at most `burst` wait, and refused beyond that (`limit_req_status`). "
+        "With `nodelay` the burst is served at once; `delay=N` serves N at once "
+        "and delays the rest.",
+    ),
+    Directive(
+        "limit_req_status",
+        "limit_req_status CODE;",
+        HSL,
+        as_status,
+        default="503",
+        doc="The status of requests refused by `limit_req`.",
+    ),
+    Directive(
+        "limit_conn_zone",
+        "limit_conn_zone KEY zone=NAME:SIZE;",
+        frozenset({HTTP}),
+        as_zone("conn"),
+        min_args=2,
+        max_args=2,
+        multiple=True,
+        inherit=False,
+        doc="A shared zone counting requests in progress per KEY, across workers.",
+    ),
+    Directive(
+        "limit_conn",
+        "limit_conn ZONE NUMBER;",
+        HSL,
+        as_limit_conn,
+        min_args=2,
+        max_args=2,
+        multiple=True,
+        doc="At most NUMBER requests in progress per key of ZONE; more are refused "
+        "(`limit_conn_status`).",
+    ),
+    Directive(
+        "limit_conn_status",
+        "limit_conn_status CODE;",
+        HSL,
+        as_status,
+        default="503",
+        doc="The status of requests refused by `limit_conn`.",
+    ),
+]
+
+register(*_TABLE, *PROXY, *WSGI, *LIMITS)

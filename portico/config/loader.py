@@ -80,6 +80,7 @@ class Builder:
         self.path = path
         self.errors: list[ConfigError] = []
         self.upstreams: dict[str, UpstreamConf] = {}
+        self.zones: dict[str, d.ZoneConf] = {}
         self.env = Env(prefix=prefix, captures=frozenset(_capture_names(nodes)))
 
     def fail(self, error: ConfigError) -> None:
@@ -186,6 +187,15 @@ class Builder:
                     )
                 )
             formats[log_format.name] = log_format
+        zones: dict[str, d.ZoneConf] = {}
+        for zone in (
+            *block.values.get("limit_req_zone", []),
+            *block.values.get("limit_conn_zone", []),
+        ):
+            if zone.name in zones:
+                self.fail(ConfigError(f'duplicate zone "{zone.name}"', zone.file, zone.line))
+            zones[zone.name] = zone
+        self.zones = zones
         for child in block.blocks:
             if child.name == "upstream":
                 self.upstream(child)
@@ -195,11 +205,31 @@ class Builder:
         self.check_servers(servers)
         self.check_log_formats(servers, values, formats)
         return HttpConf(
-            servers,
-            MappingProxyType(formats),
-            MappingProxyType(dict(self.upstreams)),
-            MappingProxyType(values),
+            servers=servers,
+            log_formats=MappingProxyType(formats),
+            upstreams=MappingProxyType(dict(self.upstreams)),
+            zones=MappingProxyType(zones),
+            values=MappingProxyType(values),
         )
+
+    def check_limits(self, node: Node, values: Mapping[str, Any]) -> None:
+        for limit in values.get("limit_req", []):
+            zone = self.zones.get(limit.zone)
+            if zone is None or zone.kind != "req":
+                self.fail(
+                    node.error(
+                        f'zero size shared memory zone "{limit.zone}" '
+                        "(no limit_req_zone of that name)"
+                    )
+                )
+        for name, _ in values.get("limit_conn", []):
+            zone = self.zones.get(name)
+            if zone is None or zone.kind != "conn":
+                self.fail(
+                    node.error(
+                        f'zero size shared memory zone "{name}" (no limit_conn_zone of that name)'
+                    )
+                )
 
     def upstream(self, node: Node) -> None:
         if len(node.args) != 1:
@@ -268,6 +298,7 @@ class Builder:
     def server(self, node: Node, http_values: Mapping[str, Any]) -> ServerConf:
         block = self.collect(node.children or (), d.SERVER, node)
         values = self.inherit(http_values, block, d.SERVER)
+        self.check_limits(node, block.values)
         listens = tuple(block.values.get("listen", [])) or (
             Listen("", 80, file=node.file, line=node.line),
         )
@@ -344,6 +375,7 @@ class Builder:
                 return None
         block = self.collect(node.children or (), d.LOCATION, node)
         values = self.inherit(parent_values, block, d.LOCATION)
+        self.check_limits(node, block.values)
         if "proxy_pass" in block.values:
             self.proxy_target(node, block.values["proxy_pass"])
         if "alias" in block.values and "root" in block.values:

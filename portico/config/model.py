@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from portico.config.directives import BalanceMethod, ErrorLog, Listen, LogFormat, User
+from portico.config.directives import (
+    BalanceMethod,
+    ErrorLog,
+    Listen,
+    LogFormat,
+    User,
+    ZoneConf,
+)
 from portico.upstream.balancers import PeerSpec
 
 
@@ -69,6 +76,7 @@ class HttpConf:
     servers: tuple[ServerConf, ...]
     log_formats: Mapping[str, LogFormat]
     upstreams: Mapping[str, UpstreamConf]
+    zones: Mapping[str, ZoneConf]
     values: Mapping[str, Any]
 
 

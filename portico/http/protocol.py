@@ -374,6 +374,8 @@ class HttpConnection(asyncio.Protocol):
         if request.finished:
             return
         request.finished = True
+        if request.cleanups is not None:
+            request.run_cleanups()
         if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
             self.transport.write(_LAST_CHUNK)
             request.bytes_sent += len(_LAST_CHUNK)

@@ -115,6 +115,7 @@ class Request:
         "body_bytes_sent",
         "bytes_sent",
         "captures",
+        "cleanups",
         "conn",
         "content_length",
         "document_root",
@@ -125,6 +126,7 @@ class Request:
         "headers_sent",
         "host",
         "keep_alive",
+        "limited",
         "location",
         "method",
         "on_abort",
@@ -189,12 +191,25 @@ class Request:
         self.document_root = ""
         self.request_filename = ""
         self.proxy_host = ""
+        self.limited = False  # limit_req / limit_conn were applied
+        # called once when the request ends, answered or not (limit_conn's release)
+        self.cleanups: list[Callable[[], None]] | None = None
         # called if the client goes away before the answer is complete
         self.on_abort: Callable[[], None] | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
         self.upstream_response_time: str | None = None
         self.upstream_connect_time: str | None = None
+
+    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
+        if self.cleanups is None:
+            self.cleanups = []
+        self.cleanups.append(cleanup)
+
+    def run_cleanups(self) -> None:
+        cleanups, self.cleanups = self.cleanups, None
+        for cleanup in cleanups or ():
+            cleanup()
 
     @property
     def target_str(self) -> str:

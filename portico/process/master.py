@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from portico.config import loader
 from portico.config.model import Config
 from portico.errors import ConfigErrors
+from portico.limits import Zone, make_zones
 from portico.logs import ErrorLog
 from portico.process import sockets as sockets_module
 from portico.process.sockets import BindError, SocketKey
@@ -85,6 +86,7 @@ class Master:
         self.config_path = config_path
         self.prefix = prefix
         self.sockets: dict[SocketKey, socket.socket] = {}
+        self.zones: dict[str, Zone] = {}
         self.workers: dict[int, WorkerProcess] = {}
         self.generation = 0
         self.signals: list[int] = []
@@ -107,6 +109,7 @@ class Master:
     def start(self) -> None:
         """Bind, write the pid file: everything that can fail before we fork."""
         self._raise_open_file_limit()
+        self.zones = make_zones(self.config.http.zones)
         self.sockets = self._open_sockets(self.config, inherited=sockets_module.inherited())
         os.environ.pop(sockets_module.ENVIRONMENT_VARIABLE, None)
         if self.config.pid:
@@ -243,7 +246,9 @@ class Master:
                 self._drop_privileges()
                 from portico.worker import serve_in_this_process
 
-                code = serve_in_this_process(self.config, self.sockets, self.error_log, number)
+                code = serve_in_this_process(
+                    self.config, self.sockets, self.error_log, number, self.zones
+                )
             finally:
                 os._exit(code)
         self.workers[pid] = WorkerProcess(pid, number, self.generation, time.monotonic())
@@ -355,6 +360,7 @@ class Master:
             return
         old_generation = self.generation
         old_sockets = self.sockets
+        self.zones = make_zones(config.http.zones, self.zones)
         self.config = config
         self.sockets = new_sockets
         self.winched = False
