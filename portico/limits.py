@@ -69,7 +69,8 @@ class LeakyBucket:
             new_excess = 0
         else:
             elapsed = max(0, now_ms - last_ms)
-            new_excess = max(0, excess - round(self.rate_x1000 * elapsed / 1000) + 1000)
+            drained = int(self.rate_x1000 * elapsed / 1000 + 1e-9)
+            new_excess = max(0, excess - drained + 1000)
         if new_excess > self.burst_x1000:
             return Verdict(False, 0.0), excess
         if self.nodelay or new_excess <= self.delay_x1000:
