@@ -228,7 +228,8 @@ class Site:
         self._pools: dict[int, Any] = {}
         wheel = worker.wheel if worker is not None else Wheel()
         self.upstreams = {
-            name: UpstreamGroup(conf, wheel) for name, conf in config.http.upstreams.items()
+            name: UpstreamGroup(conf, wheel, worker=worker)
+            for name, conf in config.http.upstreams.items()
         }
         self._formats = {name: compile_log_format(f) for name, f in config.http.log_formats.items()}
         self.servers = [Server(self, conf) for conf in config.http.servers]

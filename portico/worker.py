@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import socket
 import time
@@ -30,6 +31,8 @@ from portico.site import Site
 from portico.timeouts import Wheel
 
 TICK = 0.25
+# descriptors kept free for files, logs, pipes and the app (see WorkerContext)
+FD_RESERVE = 32
 
 
 class WorkerContext:
@@ -44,6 +47,10 @@ class WorkerContext:
         self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()
         self.max_connections = config.worker_connections
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fd_budget = max(16, self.fd_limit - FD_RESERVE)
+        self.upstream_count = 0
+        self._capacity_logged = 0.0
         self.full = False
         self.gates: list[AcceptGate] = []
         self.accepting = True
@@ -57,26 +64,14 @@ class WorkerContext:
         return self._connection_numbers
 
     def connection_opened(self, conn: HttpConnection) -> None:
-        connections = self.connections
-        connections.add(conn)
-        if len(connections) >= self.max_connections and not self.full:
-            # worker_connections reached: later connections wait in the listen backlog
-            self.full = True
-            for gate in self.gates:
-                gate.stop()
-            if self.error_log.enabled("warn"):
-                self.error_log.log(
-                    "warn",
-                    f"{len(connections)} worker_connections are not "
-                    "enough; new connections wait in the backlog",
-                )
+        self.connections.add(conn)
+        if not self.full and self._at_capacity():
+            self._pause_accepting()
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
-        if self.full and len(self.connections) < self.max_connections and self.accepting:
-            self.full = False
-            for gate in self.gates:
-                gate.start()
+        if self.full:
+            self._maybe_resume()
         if (
             self.draining
             and not self.connections
@@ -84,6 +79,51 @@ class WorkerContext:
             and not self.stopped.done()
         ):
             self.stopped.set_result(None)
+
+    # Capacity. Accepting stops before the process could run out of descriptors: libuv
+    # meets EMFILE on accept by accepting and closing (the client sees a reset), while
+    # a paused gate leaves new connections waiting in the listen backlog until a
+    # descriptor frees up. Each client connection and each upstream connection takes
+    # one; FD_RESERVE are kept for files, logs and the app.
+
+    def upstream_opened(self) -> None:
+        self.upstream_count += 1
+        if not self.full and self._at_capacity():
+            self._pause_accepting()
+
+    def upstream_closed(self) -> None:
+        self.upstream_count -= 1
+        if self.full:
+            self._maybe_resume()
+
+    def _at_capacity(self) -> bool:
+        return (
+            len(self.connections) >= self.max_connections
+            or len(self.connections) + self.upstream_count >= self.fd_budget
+        )
+
+    def _pause_accepting(self) -> None:
+        self.full = True
+        for gate in self.gates:
+            gate.stop()
+        now = time.monotonic()
+        if now - self._capacity_logged >= 1.0:  # at most once a second
+            self._capacity_logged = now
+            if len(self.connections) >= self.max_connections:
+                reason = f"{self.max_connections} worker_connections are not enough"
+            else:
+                reason = (
+                    f"open files limit ({self.fd_limit}) nearly reached: "
+                    f"{len(self.connections)} client and {self.upstream_count} "
+                    "upstream connections"
+                )
+            self.error_log.log("warn", f"{reason}; new connections wait in the backlog")
+
+    def _maybe_resume(self) -> None:
+        if self.accepting and not self._at_capacity():
+            self.full = False
+            for gate in self.gates:
+                gate.start()
 
     def date_header(self) -> bytes:
         return self.date.update(time.time())

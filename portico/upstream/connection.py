@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.group.opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -125,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.deadline = None
         self.group.forget(self)
+        self.group.lost(self)
         exchange = self.exchange
         if exchange is not None and not was_closed:
             reason = (

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
 
 class UpstreamGroup:
-    def __init__(self, conf: UpstreamConf, wheel: Wheel, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        conf: UpstreamConf,
+        wheel: Wheel,
+        rng: random.Random | None = None,
+        worker: Any = None,
+    ) -> None:
+        self.worker = worker  # told of every connection opened and lost (capacity)
         self.conf = conf
         self.name = conf.name
         self.wheel = wheel
@@ -126,6 +133,14 @@ class UpstreamGroup:
             self.idle.pop(0).close()  # the least recently used one goes
         conn.set_deadline("idle", self.keepalive_timeout)
         self.idle.append(conn)
+
+    def opened(self, conn: UpstreamConnection) -> None:
+        if self.worker is not None:
+            self.worker.upstream_opened()
+
+    def lost(self, conn: UpstreamConnection) -> None:
+        if self.worker is not None:
+            self.worker.upstream_closed()
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.busy.discard(conn)
