@@ -3,6 +3,7 @@ nobody waits forever, everyone else is still answered quickly."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
 import threading
@@ -109,10 +110,8 @@ def test_slowloris_gets_408_and_does_not_delay_others(portico) -> None:  # type:
             if stop.is_set():
                 return
             for s in slow:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(request[i : i + 1])
-                except OSError:
-                    pass
             stop.wait(1.0)
 
     thread = threading.Thread(target=dribble, daemon=True)
@@ -155,7 +154,7 @@ def test_idle_connections_are_held_and_released(portico) -> None:  # type: ignor
     before = rss_kb(worker)
     count = 2000
     held = []
-    for i in range(count):
+    for _i in range(count):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then idle
         held.append(s)
