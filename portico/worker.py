@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from portico.config.model import Config
+from portico.http.parser import RequestReader
 from portico.http.protocol import HttpConnection
 from portico.http.response import DateClock
 from portico.logs import ErrorLog
@@ -33,6 +34,8 @@ from portico.timeouts import Wheel
 TICK = 0.25
 # descriptors kept free for files, logs, pipes and the app (see WorkerContext)
 FD_RESERVE = 32
+# idle request parsers kept for reuse, per header limits
+READER_POOL = 256
 
 
 class WorkerContext:
@@ -57,7 +60,20 @@ class WorkerContext:
         self.draining = False  # a graceful stop is waiting for the connections to end
         self.date = DateClock()
         self._connection_numbers = 0
+        self._readers: dict[tuple[int, int], list[RequestReader]] = {}
         self.stopped: asyncio.Future[None] | None = None
+
+    def take_reader(self, limits: tuple[int, int]) -> RequestReader:
+        pool = self._readers.get(limits)
+        if pool:
+            return pool.pop()
+        return RequestReader(*limits)
+
+    def give_reader(self, limits: tuple[int, int], reader: RequestReader) -> None:
+        """A reader between two requests of a keep-alive connection is clean: reuse it."""
+        pool = self._readers.setdefault(limits, [])
+        if len(pool) < READER_POOL:
+            pool.append(reader)
 
     def next_connection_number(self) -> int:
         self._connection_numbers += 1

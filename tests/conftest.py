@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,11 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT = 10.0
+# what asyncio/uvloop print when an exception escapes a protocol or a callback
+_LOOP_ERRORS = re.compile(
+    r"Fatal error: protocol|Exception in callback|Task exception was never retrieved|"
+    r"Fatal error on transport|Unhandled error in exception handler"
+)
 STOP_TIMEOUT = 10.0
 
 
@@ -147,10 +153,15 @@ def portico(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable
 
     yield start
     failed = getattr(request.node, "rep_call", None)
+    broken = []
     for server in started:
         server.stop()
+        log = server.log()
         if failed is not None and failed.failed:
-            sys.stderr.write(f"--- portico log ({server.config_path}) ---\n{server.log()}\n")
+            sys.stderr.write(f"--- portico log ({server.config_path}) ---\n{log}\n")
+        broken.extend(line for line in log.splitlines() if _LOOP_ERRORS.search(line))
+    # an exception that escaped into the event loop is a bug, whatever the test checked
+    assert not broken, f"the event loop reported errors: {broken[:5]}"
 
 
 @pytest.hookimpl(wrapper=True)

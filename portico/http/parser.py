@@ -123,7 +123,6 @@ class RequestReader:
         "_head_size",
         "_header_line_size",
         "_headers",
-        "_in_head",
         "_in_trailers",
         "_line_size",
         "_parser",
@@ -132,6 +131,7 @@ class RequestReader:
         "_url",
         "events",
         "held",
+        "in_head",
         "paused",
     )
 
@@ -148,18 +148,13 @@ class RequestReader:
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers: dict[str, str] = {}
         self._transfer_encoding: bytes | None = None
-        self._in_head = False
+        self.in_head = False
         self._in_trailers = False
         self._head_bytes = 0  # raw bytes fed while the head is unfinished
         self._head_length = 0  # the head's size, from the callbacks (split-proof)
         # after an Upgrade (or CONNECT) head: parsing waits, bytes are held unparsed
         self.paused = False
         self.held = b""
-
-    @property
-    def in_head(self) -> bool:
-        """Some of a request head has arrived, but not all of it."""
-        return self._in_head
 
     def feed(self, data: bytes) -> None:
         try:
@@ -189,7 +184,7 @@ class RequestReader:
         if self.paused:
             self.held += data
             return
-        if self._in_head:
+        if self.in_head:
             # httptools buffers an unfinished header line itself, out of our sight: count
             # what a head in progress receives, so a head that never ends cannot grow
             # memory without bound (the read in which a head starts is not counted; one
@@ -212,12 +207,12 @@ class RequestReader:
             raise self._error(e) from None
         # a head's size is checked exactly by the callbacks; this bound (one unfinished
         # line more than a head may hold) only caps what httptools buffers out of sight
-        if self._in_head and self._head_bytes > self._head_size + self._line_size:
+        if self.in_head and self._head_bytes > self._head_size + self._line_size:
             raise RemoteProtocolError("request header too large", 431)
 
     def _error(self, error: Exception) -> RemoteProtocolError:
         if (
-            self._in_head
+            self.in_head
             and self._transfer_encoding is not None
             and self._transfer_encoding.lower() != b"chunked"
         ):
@@ -242,7 +237,7 @@ class RequestReader:
     # -- httptools callbacks: record only ----------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head = True
+        self.in_head = True
         self._head_bytes = 0
         self._in_trailers = False
         self._head_length = 0
@@ -309,7 +304,7 @@ class RequestReader:
         if length_text is not None:
             # httptools has checked the digits and rejected duplicates
             content_length = int(length_text)
-        self._in_head = False
+        self.in_head = False
         self._in_trailers = True
         self.events.append(
             RequestHead(

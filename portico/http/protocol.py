@@ -85,7 +85,9 @@ class HttpConnection(asyncio.Protocol):
         self.worker = worker
         self.binding = binding
         self.transport: Any = None
-        self.reader = RequestReader(*binding.header_limits)
+        # taken from the worker's pool at the first byte, given back when the connection
+        # goes idle: an idle connection keeps no parser (issue: memory per connection)
+        self.reader: RequestReader = None  # type: ignore[assignment]
         self.current: Request | None = None  # the request being answered
         self.reading: Request | None = None  # the request whose body is arriving
         self.state = IDLE
@@ -126,8 +128,11 @@ class HttpConnection(asyncio.Protocol):
             if state == TUNNEL:
                 self.tunnel.to_upstream(data)
             return
+        reader = self.reader
+        if reader is None:
+            reader = self.reader = self.worker.take_reader(self.binding.header_limits)
         try:
-            self.reader.feed(data)
+            reader.feed(data)
         except ProtocolError as e:
             # requests complete before the bad bytes are still answered, in order;
             # the error comes after them (see finish)
@@ -137,7 +142,8 @@ class HttpConnection(asyncio.Protocol):
                 self.reject(e)
             return
         self._process()
-        if self.state == IDLE and self.reader.in_head:
+        # (the reader may be back in the pool: a finished request released it)
+        if self.state == IDLE and self.reader is not None and self.reader.in_head:
             # a head has begun and is not complete: all of it must come within the
             # timeout, counted from now (a complete head never pays for this timer)
             self.state = HEAD
@@ -146,6 +152,9 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state == TUNNEL:
             self.tunnel.close()
+            return None
+        if self.reader is None:
+            self.close()
             return None
         if self.state == LINGER or (self.current is None and not self.reader.in_head):
             self.close()
@@ -402,16 +411,20 @@ class HttpConnection(asyncio.Protocol):
             except ProtocolError as e:
                 self.reject(e)
                 return
-        if self.reader.in_head:
+        reader = self.reader
+        if reader.in_head:
             self.state = HEAD
             self._set_deadline(self.binding.header_timeout)
         else:
             self.state = IDLE
             self._set_deadline(request.location.keepalive_timeout)
-        if self.reader.events:
+        if reader.events:
             self._process()
         elif self.reading_paused:
             self._flow_control()
+        elif self.state == IDLE and self.reading is None and not reader.held:
+            self.worker.give_reader(self.binding.header_limits, reader)
+            self.reader = None  # type: ignore[assignment]
 
     def send_error(self, request: Request, status: int) -> None:
         """An error answer for a request (error_page applies, via the site)."""
@@ -486,7 +499,8 @@ class HttpConnection(asyncio.Protocol):
         if self.state in (LINGER, CLOSED):
             return
         self.state = LINGER
-        self.reader.events.clear()
+        if self.reader is not None:
+            self.reader.events.clear()
         transport = self.transport
         if self.reading_paused:
             self.reading_paused = False

@@ -328,8 +328,11 @@ def test_model_is_immutable() -> None:
 def test_builtin_config_is_valid() -> None:
     config = loader.load(None)
     assert config.path == loader.BUILTIN_PATH
-    assert [str(x) for x in config.listens] == ["127.0.0.1:8080", "127.0.0.1:8001",
-                                                "127.0.0.1:8002"]
+    assert [str(x) for x in config.listens] == [
+        "127.0.0.1:8080",
+        "127.0.0.1:8001",
+        "127.0.0.1:8002",
+    ]
 
 
 def test_table_declares_context_docs_and_syntax() -> None:
