@@ -154,6 +154,11 @@ class Builder:
                 events = self.collect(node.children or (), d.EVENTS, node)
             elif node.name == "http":
                 http_nodes.append(node)
+        if events.node is None:
+            # nginx's rule; it also turns a config file caught half-written (a deploy
+            # tool truncating it as the master reads it) into an error, not an empty
+            # config that would close every listening socket
+            self.fail(ConfigError('no "events" section in configuration', self.path))
         if len(http_nodes) > 1:
             self.fail(http_nodes[1].error('"http" directive is duplicate'))
         http = self.http(http_nodes[0] if http_nodes else None)

@@ -142,12 +142,14 @@ class HttpConnection(asyncio.Protocol):
                 self.reject(e)
             return
         self._process()
-        # (the reader may be back in the pool: a finished request released it)
-        if self.state == IDLE and self.reader is not None and self.reader.in_head:
-            # a head has begun and is not complete: all of it must come within the
-            # timeout, counted from now (a complete head never pays for this timer)
-            self.state = HEAD
-            self._set_deadline(self.binding.header_timeout)
+        if self.state == IDLE:
+            if reader.in_head:
+                # a head has begun and is not complete: all of it must come within the
+                # timeout, counted from now (a complete head never pays for this timer)
+                self.state = HEAD
+                self._set_deadline(self.binding.header_timeout)
+            else:
+                self._release_reader()
 
     def eof_received(self) -> bool | None:
         if self.state == TUNNEL:
@@ -422,7 +424,22 @@ class HttpConnection(asyncio.Protocol):
             self._process()
         elif self.reading_paused:
             self._flow_control()
-        elif self.state == IDLE and self.reading is None and not reader.held:
+        elif not self._processing:
+            self._release_reader()
+
+    def _release_reader(self) -> None:
+        """Idle between requests: the parser goes back to the worker's pool."""
+        reader = self.reader
+        if (
+            reader is not None
+            and self.state == IDLE
+            and self.reading is None
+            and self.pending_error is None
+            and not reader.in_head
+            and not reader.events
+            and not reader.paused
+            and not reader.held
+        ):
             self.worker.give_reader(self.binding.header_limits, reader)
             self.reader = None  # type: ignore[assignment]
 

@@ -99,7 +99,11 @@ class Running:
             backend=self.backend,
             version=version,
         )
-        self.config.write_text(text + extra)
+        # as deploy tools do: write beside, then rename over (the master never reads
+        # a half-written file)
+        staging = self.config.with_suffix(".tmp")
+        staging.write_text(text + extra)
+        os.replace(staging, self.config)
 
     def master_pid(self) -> int:
         return int(self.pid_file.read_text())
@@ -203,7 +207,9 @@ def test_reload_with_a_broken_app_keeps_the_old_config(running: Running) -> None
     (running.root / "brokenapp.py").write_text("import nowhere_to_be_found\n")
     running.write("v1")
     text = running.config.read_text().replace("wsgi testapp:app;", "wsgi brokenapp:app;")
-    running.config.write_text(text)
+    staging = running.config.with_suffix(".tmp")
+    staging.write_text(text)
+    os.replace(staging, running.config)
     os.kill(running.master_pid(), signal.SIGHUP)
     assert wait_until(lambda: "the configuration was not changed" in running.error_log())
     assert "No module named 'nowhere_to_be_found'" in running.error_log()

@@ -14,6 +14,8 @@ from portico.errors import ConfigError, ConfigErrors
 
 def load(text: str, tmp_path: Path | None = None):
     path = str(tmp_path / "portico.conf") if tmp_path else "/etc/test.conf"
+    if "events" not in text:
+        text = "events {} " + text  # on the first line: line numbers stay as written
     return loader.load_text(text, path, str(tmp_path or "/etc"))
 
 
@@ -315,6 +317,16 @@ def test_error_page_and_return_values() -> None:
 def test_types_block_replaces_the_table() -> None:
     config = load("http { types { text/x-a a aa; } server { } }")
     assert dict(config.http.servers[0].values["types"]) == {"a": "text/x-a", "aa": "text/x-a"}
+
+
+def test_events_section_is_required() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loader.load_text("http { }", "/etc/x.conf", "/etc")
+    assert [str(e) for e in info.value.errors] == [
+        '/etc/x.conf: no "events" section in configuration'
+    ]
+    with pytest.raises(ConfigErrors):
+        loader.load_text("", "/etc/x.conf", "/etc")
 
 
 def test_model_is_immutable() -> None:

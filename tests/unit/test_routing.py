@@ -74,7 +74,7 @@ def test_empty_name_matches_requests_without_host() -> None:
 
 
 def tree(text: str) -> LocationTree:
-    config = loader.load_text("http { server { " + text + " } }", "/t.conf", "/")
+    config = loader.load_text("events {} http { server { " + text + " } }", "/t.conf", "/")
     return LocationTree(config.http.servers[0].locations)
 
 
