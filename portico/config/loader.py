@@ -382,7 +382,15 @@ class Builder:
         values = self.inherit(parent_values, block, d.LOCATION)
         self.check_limits(node, block.values)
         if "proxy_pass" in block.values:
-            self.proxy_target(node, block.values["proxy_pass"])
+            proxy_pass = block.values["proxy_pass"]
+            if proxy_pass.uri is not None and modifier in ("~", "~*", "@"):
+                self.fail(
+                    node.error(
+                        '"proxy_pass" cannot have URI part in location given '
+                        "by regular expression, or inside named location"
+                    )
+                )
+            self.proxy_target(node, proxy_pass)
         if "alias" in block.values and "root" in block.values:
             self.fail(node.error('"alias" and "root" cannot both be set in one location'))
         shell = LocationConf(

@@ -279,6 +279,11 @@ class HttpConnection(asyncio.Protocol):
 
     # -- answering -----------------------------------------------------------------
 
+    def body_drained(self) -> None:
+        """A consumer took the buffered body: reading may go on."""
+        if self.state != CLOSED:
+            self._flow_control()
+
     def hold_reading(self, held: bool) -> None:
         """A handler cannot take more of the body now (its own peer is slow): stop
         reading from the client until it says so."""
@@ -337,11 +342,16 @@ class HttpConnection(asyncio.Protocol):
         location = request.location
         date = self.worker.date
         second = int(time.time())
+        own = request.upstream_sets
         head = b"".join(
             (
                 status_line(status),
-                location.server_header if location is not None else self.binding.server_header,
-                date.header if date.second == second else date.update(second),
+                b""
+                if own & 1
+                else location.server_header
+                if location is not None
+                else self.binding.server_header,
+                b"" if own & 2 else date.header if date.second == second else date.update(second),
                 self._framing(request, status, length),
                 headers,
                 location.extra_headers(request, status)

@@ -52,6 +52,9 @@ class RequestBody:
         while chunks:
             on_data(chunks.popleft())
         self.buffered = 0
+        conn = self.conn
+        if conn.reading_paused:
+            conn.body_drained()  # reading paused on what was buffered here: go on
         if self.complete:
             on_end()
 
@@ -146,6 +149,7 @@ class Request:
         "upstream_addr",
         "upstream_connect_time",
         "upstream_response_time",
+        "upstream_sets",
         "upstream_status",
         "version",
     )
@@ -200,6 +204,9 @@ class Request:
         self.upstream_status: str | None = None
         self.upstream_response_time: str | None = None
         self.upstream_connect_time: str | None = None
+        # headers the upstream's answer carries itself (proxy_pass_header): 1 Server,
+        # 2 Date; portico then does not add its own
+        self.upstream_sets = 0
 
     def add_cleanup(self, cleanup: Callable[[], None]) -> None:
         if self.cleanups is None:

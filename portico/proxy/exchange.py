@@ -52,6 +52,7 @@ class ProxyExchange:
         "keep_alive_upstream",
         "kept",
         "kept_size",
+        "last_status",
         "peer",
         "read_timeout",
         "request",
@@ -94,6 +95,7 @@ class ProxyExchange:
         # the body as sent so far, while it is small enough to send again
         self.kept: list[bytes] | None = [] if not body.complete else None
         self.kept_size = 0
+        self.last_status = 502  # what the client gets if no peer is left: 504 after a timeout
         self.addrs: list[str] = []
         self.statuses: list[str] = []
         self.times: list[str] = []
@@ -122,7 +124,7 @@ class ProxyExchange:
                 self.addrs.append(self.group.name)
                 self.statuses.append("502")
                 self.times.append("0.000")
-            self.fail(502)
+            self.fail(self.last_status)
             return
         self.peer = peer
         self.tried.append(peer)
@@ -194,7 +196,11 @@ class ProxyExchange:
             if not body.complete or body.received:
                 body.attach(self.body_data, self.body_end)
             return
-        # a later attempt: the body (if any) was kept whole
+        # a later attempt: the body so far was kept (whole, or all of it up to now while
+        # it is still arriving: body_data goes on writing to this new connection)
+        if self.kept is None and not self._no_body():
+            self.attempt_failed("error", "the request body was too large to send again")
+            return
         parts = [head]
         if self.kept:
             parts.extend(self.frame(chunk) for chunk in self.kept)
@@ -270,7 +276,7 @@ class ProxyExchange:
         self.conn.send_head(
             self.request,
             head.status,
-            self.handler.response_filter.headers(head.headers),
+            self._headers(head),
             head.content_length,
         )
         self.keep_alive_upstream = head.keep_alive
@@ -301,9 +307,12 @@ class ProxyExchange:
         self.response_started = True
         self.keep_alive_upstream = head.keep_alive
         self.complete_attempt(reusable=True)
-        self.conn.send_response(
-            self.request, head.status, self.handler.response_filter.headers(head.headers), body
-        )
+        self.conn.send_response(self.request, head.status, self._headers(head), body)
+
+    def _headers(self, head: ResponseHead) -> bytes:
+        headers, own = self.handler.response_filter.headers(head.headers)
+        self.request.upstream_sets = own
+        return headers
 
     def complete_attempt(self, reusable: bool) -> None:
         """The upstream's part is over: account, and keep or close the connection."""
@@ -344,7 +353,9 @@ class ProxyExchange:
             if upstream is not None:
                 upstream.close()
             if self.peer is not None:
-                self.group.done(self.peer, time.monotonic() - self.attempt_started, True)
+                # nginx counts no failure once the answer has begun: a cut answer does
+                # not take the peer out
+                self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
             self.request.keep_alive = False
             self.record()
             self.conn.finish(self.request)
@@ -355,8 +366,8 @@ class ProxyExchange:
             and self.reused
             and not self.retried_reuse
             and upstream is not None
+            and (self._no_body() or self.kept is not None)
             and not upstream.reader.events
-            and self._resendable()
         ):
             # the peer closed a kept-alive connection as we reused it: try a new one
             self.retried_reuse = True
@@ -387,15 +398,18 @@ class ProxyExchange:
         self.conn.worker.site.error(
             self.request, f'{message}, upstream: "{self._peer_url()}"', level=log_level
         )
+        self.last_status = 504 if kind == "timeout" else 502
         if self.can_retry(kind):
             self.try_peer()
             return
-        self.fail(504 if kind == "timeout" else 502)
+        self.fail(self.last_status)
 
     def can_retry(self, kind: str) -> bool:
         handler = self.handler
         if kind not in handler.next_upstream or self.finished:
             return False
+        if not self.group.has_untried(self.tried):
+            return False  # as nginx: the last possible try's answer or error stands
         if handler.tries and self.attempts >= handler.tries:
             return False
         if handler.next_timeout and time.monotonic() - self.started >= handler.next_timeout:
@@ -410,12 +424,13 @@ class ProxyExchange:
                 return False
         return True
 
+    def _no_body(self) -> bool:
+        body = self.request.body
+        return body.complete and not body.received
+
     def _resendable(self) -> bool:
         """Whether the request can be written again: no body, or all of it kept."""
-        body = self.request.body
-        if body.complete and not body.received:
-            return True
-        return self.body_done and self.kept is not None
+        return self._no_body() or (self.body_done and self.kept is not None)
 
     def fail(self, status: int) -> None:
         if self.finished:
@@ -447,8 +462,10 @@ class ProxyExchange:
         request.upstream_response_time = ", ".join(self.times)
 
     def _peer_url(self) -> str:
+        """The URL as sent upstream (nginx's "upstream:" in error lines)."""
         address = self.peer.address if self.peer is not None else self.group.name
-        return f"http://{address}{self.request.target_str}"
+        target = self.handler.request_template.target(self.request).decode("latin-1")
+        return f"http://{address}{target}"
 
     # -- tunnels (Upgrade: websocket) ------------------------------------------------------
 
@@ -465,7 +482,7 @@ class ProxyExchange:
         self.record()
         if self.peer is not None:
             self.group.done(self.peer, elapsed, False)
-        headers = self.handler.response_filter.headers(head.headers)
+        headers = self._headers(head)
         Tunnel(
             self.conn, self.request, upstream, headers, self.upgrade or "", self.read_timeout
         ).start()

@@ -72,6 +72,8 @@ class RequestTemplate:
     dynamic: tuple[tuple[str, bytes, Template], ...]
     constant_block: bytes
     overridden: frozenset[str]  # lowercase names the set_header lines own
+    # our own Connection line ("close" without keep-alive), unless set_header owns it
+    connection: bytes
 
     def target(self, request: Any) -> bytes:
         """The request-target to send."""
@@ -107,18 +109,37 @@ class RequestTemplate:
         connection = request.headers.get("connection")
         named = connection_tokens(connection) if connection else ()
         for name, value in request.head.raw_headers:
-            lower = name.lower().decode("latin-1")
+            lower = _lower(name)
             if lower in _REQUEST_DROPPED or lower in overridden or lower in named:
                 continue
             lines.append(name + b": " + value + b"\r\n")
-        if upgrade is not None and "upgrade" not in overridden:
-            lines.append(b"Upgrade: " + upgrade.encode("latin-1") + b"\r\nConnection: upgrade\r\n")
+        if upgrade is not None:
+            # a tunnel: the client's Upgrade goes on (unless set_header says otherwise)
+            if "upgrade" not in overridden:
+                lines.append(b"Upgrade: " + upgrade.encode("latin-1") + b"\r\n")
+            if "connection" not in overridden:
+                lines.append(b"Connection: upgrade\r\n")
+        else:
+            lines.append(self.connection)
         if body_length is not None:
             lines.append(b"Content-Length: %d\r\n" % body_length)
         elif chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
+
+
+_LOWER: dict[bytes, str] = {}
+
+
+def _lower(name: bytes) -> str:
+    """A header name, lowercase, as str (remembered: the same names come again)."""
+    lower = _LOWER.get(name)
+    if lower is None:
+        lower = name.lower().decode("latin-1")
+        if len(_LOWER) < 4096:
+            _LOWER[name] = lower
+    return lower
 
 
 def _encode_value(value: str) -> bytes:
@@ -134,8 +155,6 @@ def compile_request(
     headers: dict[str, tuple[str, Template]] = {
         "host": ("Host", compile_template("$proxy_host")),
     }
-    if not keepalive:
-        headers["connection"] = ("Connection", compile_template("close"))
     for name, value in set_headers:
         headers[name.lower()] = (name, value)
     constant = []
@@ -147,31 +166,58 @@ def compile_request(
                 constant.append(f"{name}: {text}\r\n".encode("latin-1"))
         else:
             dynamic.append((lower, f"{name}: ".encode("latin-1"), value))
-    # a Connection header we set ourselves must not also come from the client
-    overridden = frozenset(headers) | {"connection"}
-    return RequestTemplate(uri, prefix, tuple(dynamic), b"".join(constant), overridden)
+    connection = b"" if keepalive or "connection" in headers else b"Connection: close\r\n"
+    return RequestTemplate(
+        uri, prefix, tuple(dynamic), b"".join(constant), frozenset(headers), connection
+    )
+
+
+# how each response header name is treated: pass, drop, or Connection (drop, and read
+# the names it lists); with the "own" bits of Server (1) and Date (2) when passed
+_PASS, _DROP, _CONNECTION = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseFilter:
     hidden: frozenset[str]
+    kinds: dict[bytes, tuple[int, int]]  # memo: name → (kind, own bit)
 
-    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> bytes:
-        """The upstream's headers for the client, encoded."""
-        hidden = self.hidden
-        lines = []
-        named: set[str] | None = None
-        for name, value in raw:
+    def _kind(self, name: bytes) -> tuple[int, int]:
+        kind = self.kinds.get(name)
+        if kind is None:
             lower = name.lower().decode("latin-1")
-            if lower in hidden or lower in HOP_BY_HOP or lower in _RESPONSE_FRAMING:
-                if lower == "connection":
-                    named = connection_tokens(value.decode("latin-1"))
-                continue
-            lines.append((lower, name + b": " + value + b"\r\n"))
+            if lower == "connection":
+                kind = (_CONNECTION, 0)
+            elif lower in self.hidden or lower in HOP_BY_HOP or lower in _RESPONSE_FRAMING:
+                kind = (_DROP, 0)
+            else:
+                kind = (_PASS, 1 if lower == "server" else 2 if lower == "date" else 0)
+            if len(self.kinds) < 1024:
+                self.kinds[name] = kind
+        return kind
+
+    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+        """The upstream's headers for the client, encoded, and which of Server (1) and
+        Date (2) they carry themselves."""
+        lines = []
+        named: set[str] = set()
+        own = 0
+        for name, value in raw:
+            kind, bit = self._kind(name)
+            if kind == _PASS:
+                lines.append((name, name + b": " + value + b"\r\n"))
+                own |= bit
+            elif kind == _CONNECTION:
+                # every Connection line counts (a header may be named in any of them)
+                named |= connection_tokens(value.decode("latin-1"))
         if named:
-            return b"".join(line for lower, line in lines if lower not in named)
-        return b"".join(line for _, line in lines)
+            kept = [(n, line) for n, line in lines if _lower(n) not in named]
+            own = 0
+            for n, _ in kept:
+                own |= self._kind(n)[1]
+            return b"".join(line for _, line in kept), own
+        return b"".join(line for _, line in lines), own
 
 
 def compile_response(hide: Iterable[str], pass_: Iterable[str]) -> ResponseFilter:
-    return ResponseFilter((HIDDEN_BY_DEFAULT | set(hide)) - set(pass_))
+    return ResponseFilter((HIDDEN_BY_DEFAULT | set(hide)) - set(pass_), {})

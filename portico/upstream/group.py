@@ -70,6 +70,14 @@ class UpstreamGroup:
     def pick(self, request: Request, tried: Collection[Peer]) -> Peer | None:
         return self.balancer.pick(self.key(request) if self.method != "round_robin" else b"", tried)
 
+    def has_untried(self, tried: Collection[Peer]) -> bool:
+        """Whether a peer that was not tried could still take an attempt."""
+        now = time.monotonic()
+        return any(
+            peer not in tried and not peer.spec.down and peer.is_available(now)
+            for peer in (*self.balancer.peers, *self.balancer.backups)
+        )
+
     def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
         self.balancer.done(peer, elapsed, failed)
 

@@ -530,12 +530,6 @@ def test_proxy_next_upstream_tries_limits_the_attempts(unavailable) -> None:
     assert [p.stats.requests for p in peers] == [1, 1, 0]
 
 
-@pytest.mark.xfail(
-    reason="BUG: when every peer answered a status listed in proxy_next_upstream, the "
-    "client gets portico's 502 instead of the last peer's answer (nginx moves on only "
-    "while another try remains); ProxyExchange.can_retry does not know no peer is left",
-    strict=True,
-)
 def test_when_every_peer_answers_503_the_client_gets_the_last_answer(unavailable) -> None:
     server, peers = unavailable
     with Client(server.port) as client:

@@ -303,12 +303,6 @@ def test_proxy_pass_without_a_uri_passes_the_raw_uri(front: Front, target: str) 
     assert response.json()["target"] == target
 
 
-@pytest.mark.xfail(
-    reason="BUG: a proxy_pass with a URI inside a regex location is accepted (nginx refuses "
-    "it: the part to replace is unknown); portico then sends the URI plus the whole path "
-    "(location ~ ^/re/ with proxy_pass http://app/v2/ sends /re/x as /v2//re/x)",
-    strict=True,
-)
 def test_a_uri_in_a_regex_location_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "regex.conf"
     port = free_port()
@@ -406,11 +400,6 @@ def test_hop_by_hop_and_hidden_response_headers_are_not_passed(front: Front) -> 
     assert parsedate_to_datetime(headers["Date"]).timestamp() >= int(before) - 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: ResponseFilter.headers keeps only the tokens of the last Connection line; "
-    "a header named in an earlier Connection line reaches the client",
-    strict=True,
-)
 def test_headers_named_in_any_connection_line_are_not_passed(front: Front) -> None:
     # the backend sends "Connection: keep-alive, X-Resp-Hop" and "Connection: close"
     response = request(front.port, "/headers?split=1")
@@ -425,11 +414,6 @@ def test_proxy_hide_header_and_proxy_pass_header(front: Front) -> None:
     assert headers.get("X-Kept") == "yes"
 
 
-@pytest.mark.xfail(
-    reason="BUG: with proxy_pass_header Server/Date the client gets two Server and two "
-    "Date headers (the upstream's and portico's); nginx sends only the upstream's",
-    strict=True,
-)
 def test_proxy_pass_header_server_replaces_portico_s_own(front: Front) -> None:
     headers = request(front.port, "/pass-server/x").headers
     assert headers.get_all("Server") == ["backend/1.0"]
@@ -448,12 +432,6 @@ def test_content_length_upload_reaches_the_backend_intact(front: Front) -> None:
     assert backend_headers(response)["content-length"] == [str(n)]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a body of more than 256 KiB that arrives before the upstream connection "
-    "is up pauses the client's reading, and nothing resumes it: the upload stalls until "
-    "proxy_read_timeout (504)",
-    strict=True,
-)
 def test_a_large_body_sent_with_the_head_reaches_the_backend(front: Front) -> None:
     n = MB
     body = b"".join(bytes(p) for p in pattern_blocks(n))
@@ -552,13 +530,6 @@ def test_a_response_cut_short_is_not_passed_as_complete(portico, backends) -> No
     assert "upstream prematurely closed connection while reading upstream" in error_log(server)
 
 
-@pytest.mark.xfail(
-    reason="BUG: an upstream that closes in the middle of the response body is counted as "
-    "a failed attempt (max_fails); nginx counts only failures before the response header "
-    "(proxy_next_upstream's conditions). With one peer the whole group then answers 502 "
-    "for fail_timeout",
-    strict=True,
-)
 def test_a_response_cut_short_does_not_take_the_peer_out(portico, backends) -> None:
     server = portico(CUT_CONFIG, a=backends("a").address)
     get_cut(server.port)
@@ -698,13 +669,6 @@ def test_a_peer_closing_a_kept_alive_connection_costs_the_client_nothing(portico
     assert "[error]" not in error_log(server), error_log(server)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a reused keep-alive connection fails before the request body has "
-    "fully arrived from the client, ProxyExchange.upstream_failed does not retry it "
-    "(_resendable() needs the whole body) and the client gets 502 (the peer is also "
-    "counted as failed)",
-    strict=True,
-)
 def test_a_peer_closing_a_kept_alive_connection_during_a_slow_upload(portico, backends) -> None:
     backend = backends("a", requests_per_connection=1)
     server = portico(KEEPALIVE_CONFIG, a=backend.address)
@@ -894,11 +858,6 @@ def test_read_timeout_gives_504_in_about_the_timeout(errors: Portico) -> None:
     assert "upstream timed out (110: Connection timed out) while reading response header" in log
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a timeout is retried (proxy_next_upstream timeout, the default) and "
-    "no peer is left, ProxyExchange.try_peer answers 502 instead of the last failure's 504",
-    strict=True,
-)
 def test_read_timeout_with_the_default_next_upstream_gives_504(errors: Portico) -> None:
     started = time.monotonic()
     response = request(errors.port, "/slow/hang")
@@ -1095,12 +1054,6 @@ def test_upgrade_carries_bytes_sent_right_behind_the_request(front: Front) -> No
         assert read_exactly(sock, 5) == b"later"
 
 
-@pytest.mark.xfail(
-    reason="BUG: to an upstream without keepalive an Upgrade request carries both "
-    "'Connection: close' (the default set header) and 'Connection: upgrade' "
-    "(RequestTemplate.head adds the second without dropping the first)",
-    strict=True,
-)
 def test_upgrade_request_tells_the_backend_only_to_upgrade(front: Front) -> None:
     with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
         sock.sendall(UPGRADE)
