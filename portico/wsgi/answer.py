@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portico.http.protocol import CLOSED
 from portico.http.response import encode_headers
 from portico.http.sendfile import FilePump
 from portico.wsgi.call import DATA, END, ERROR, FILE, HEAD, WHOLE, WsgiCall
@@ -26,7 +27,7 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "date"})
 
 
 class WsgiAnswer:
-    __slots__ = ("call", "conn", "done", "event", "request", "sendfile", "sent_head")
+    __slots__ = ("call", "conn", "done", "event", "remaining", "request", "sendfile", "sent_head")
 
     def __init__(self, request: Request, sendfile: bool) -> None:
         self.request = request
@@ -35,6 +36,7 @@ class WsgiAnswer:
         self.call: WsgiCall | None = None
         self.sent_head = False
         self.done = False
+        self.remaining: int | None = None  # of the app's Content-Length, once streaming
         # how events reach ``handle``: directly, or through the pool (set by the handler)
         self.event: Callable[[int, Any], None] = self.handle
 
@@ -45,6 +47,13 @@ class WsgiAnswer:
         if call is not None:
             call.cancelled = True
             call.wake()
+
+    def gone(self) -> bool:
+        """The client's connection is closed or closing."""
+        return self.done or self.conn.state == CLOSED or self.conn.transport.is_closing()
+
+    def later(self, callback: Callable[[], None]) -> None:
+        self.conn.worker.loop.call_soon(callback)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         call = self.call
@@ -73,16 +82,28 @@ class WsgiAnswer:
             status, headers = self._head()
             self.sent_head = True
             self.done = True
+            declared = self.call.declared_length()  # type: ignore[union-attr]
             if request.method == "HEAD":
-                conn.send_head(request, status, headers, self.call.declared_length())  # type: ignore[union-attr]
+                conn.send_head(request, status, headers, declared)
                 conn.finish(request)
-            else:
+            elif declared is None or declared == len(payload):
                 conn.send_response(request, status, headers, payload)
+            elif declared < len(payload):
+                # PEP 3333: never more than the app's Content-Length
+                conn.send_response(request, status, headers, payload[:declared])
+            else:
+                self._short(status, headers, declared, payload)
         elif kind == DATA:
-            conn.send_data(request, payload)
             call = self.call
             assert call is not None
             call.consumed += len(payload)
+            remaining = self.remaining
+            if remaining is not None:
+                # PEP 3333: never more than the app's Content-Length; the rest is dropped
+                if len(payload) > remaining:
+                    payload = payload[:remaining]
+                self.remaining = remaining - len(payload)
+            conn.send_data(request, payload)
             if conn.write_paused and not call.paused:
                 call.paused = True
                 if not call.inline:
@@ -92,7 +113,9 @@ class WsgiAnswer:
         elif kind == HEAD:
             status, headers = self._head()
             self.sent_head = True
-            conn.send_head(request, status, headers, self.call.declared_length())  # type: ignore[union-attr]
+            declared = self.call.declared_length()  # type: ignore[union-attr]
+            self.remaining = declared
+            conn.send_head(request, status, headers, declared)
         elif kind == END:
             self.done = True
             call = self.call
@@ -157,9 +180,25 @@ class WsgiAnswer:
         if not self.sent_head:
             self.conn.send_error(request, 500)
         else:
-            request.keep_alive = False
-            self.conn.finish(request)
-            self.conn.close()
+            self._cut()
+
+    def _cut(self) -> None:
+        """End an answer that cannot be completed: no last chunk (the client must see
+        it truncated), then close."""
+        request = self.request
+        request.keep_alive = False
+        request.response_chunked = False
+        self.conn.finish(request)
+        self.conn.close()
+
+    def _short(self, status: int, headers: bytes, declared: int, body: bytes) -> None:
+        """The app gave less than its Content-Length: send it, then cut."""
+        self.conn.worker.site.error(
+            self.request, f"the app sent {len(body)} of {declared} declared bytes"
+        )
+        self.conn.send_head(self.request, status, headers, declared)
+        self.conn.send_data(self.request, body)
+        self._cut()
 
     def _log_error(self, text: str) -> None:
         self.conn.worker.site.error(

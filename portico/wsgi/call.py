@@ -25,6 +25,7 @@ iteration at the next chunk.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 WHOLE, HEAD, DATA, END, FILE, ERROR = range(6)
 
 BUFFER_LIMIT = 1024 * 1024
+INLINE_SLICE = 256 * 1024
+_NOTHING = object()
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -222,9 +225,13 @@ class WsgiCall:
         self._close()
 
     def pump_inline(self) -> None:
+        # Yields to the loop every INLINE_SLICE bytes: a client that went away is only
+        # noticed when the loop runs its connection_lost, and an endless generator
+        # must not starve every other connection of the worker meanwhile.
+        budget = INLINE_SLICE
         try:
             for chunk in self.iterator:  # type: ignore[union-attr]
-                if self.cancelled:
+                if self.cancelled or self.answer.gone():
                     break
                 if not isinstance(chunk, bytes):
                     raise AssertionError(f"the app yielded {type(chunk).__name__}, not bytes")
@@ -232,6 +239,10 @@ class WsgiCall:
                     self._data(chunk)
                     if self.paused:
                         self.answer.when_writable(self.pump_inline)
+                        return
+                    budget -= len(chunk)
+                    if budget <= 0:
+                        self.answer.later(self.pump_inline)
                         return
             self._end()
         except Exception:
@@ -244,7 +255,14 @@ class WsgiCall:
         """Call the app. Returns True when chunks remain to be iterated."""
         result = self.result = self.app(self.environ, self.start_response)
         if self.status is None:
-            raise AssertionError("the app returned without calling start_response()")
+            # PEP 3333 lets an app (a generator) call start_response in its first step
+            iterator = iter(result)
+            first = next(iterator, _NOTHING)
+            if self.status is None:
+                raise AssertionError("the app returned without calling start_response()")
+            if first is not _NOTHING:
+                iterator = itertools.chain((first,), iterator)
+            return self._first_chunks(iterator)
         if self.head_sent:
             self.iterator = iter(result)
             return True
@@ -258,7 +276,11 @@ class WsgiCall:
             self.head_sent = True
             self.answer.event(WHOLE, b"".join(result) if len(result) != 1 else result[0])
             return False
-        iterator = self.iterator = iter(result)
+        return self._first_chunks(iter(result))
+
+    def _first_chunks(self, iterator: Iterator[bytes]) -> bool:
+        """Up to the first non-empty chunk, which sends the headers."""
+        self.iterator = iterator
         length = self.declared_length()
         for chunk in iterator:
             if not isinstance(chunk, bytes):

@@ -50,6 +50,9 @@ def base_environ(errors: Any, multithread: bool, extra: Mapping[str, str]) -> di
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        # every input stream here ends where the body ends (chunked ones too): apps
+        # such as Werkzeug may then read a body that has no CONTENT_LENGTH
+        "wsgi.input_terminated": True,
         "SERVER_SOFTWARE": f"portico/{__version__}",
         "SCRIPT_NAME": "",
         **extra,
@@ -68,6 +71,8 @@ def build_environ(
 ) -> dict[str, Any]:
     environ = base.copy()
     path = to_wsgi_str(request.path)
+    if script_name and not script_name.isascii():
+        script_name = to_wsgi_str(script_name)  # compared in PEP 3333's form, as PATH_INFO
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         environ["SCRIPT_NAME"] = script_name
         path = path[len(script_name) :]
