@@ -614,8 +614,7 @@ class _Rejected:
         self.request_length = 0
         self.response_headers: list[tuple[str, str]] = []
         self.document_root = self.request_filename = self.proxy_host = ""
-        self.upstream_addr = self.upstream_status = None
-        self.upstream_response_time = self.upstream_connect_time = None
+        self.upstream = None
         self.captures = self.server_captures = None
 
     def elapsed(self) -> float:

@@ -212,10 +212,11 @@ VARIABLES: dict[str, Getter] = {
     "time_local": _time_local,
     "uri": lambda r: r.path,
     "document_uri": lambda r: r.path,
-    "upstream_addr": lambda r: r.upstream_addr or "",
-    "upstream_status": lambda r: r.upstream_status or "",
-    "upstream_response_time": lambda r: r.upstream_response_time or "",
-    "upstream_connect_time": lambda r: r.upstream_connect_time or "",
+    "upstream_addr": lambda r: ", ".join(r.upstream.addrs) if r.upstream else "",
+    "upstream_status": lambda r: ", ".join(map(str, r.upstream.statuses)) if r.upstream else "",
+    "upstream_response_time": lambda r: (
+        ", ".join(f"{t:.3f}" for t in r.upstream.times) if r.upstream else ""
+    ),
 }
 
 # Families: "$http_user_agent" reads the User-Agent header, and so on.

@@ -146,11 +146,8 @@ class Request:
         "start",
         "status",
         "target",
-        "upstream_addr",
-        "upstream_connect_time",
-        "upstream_response_time",
+        "upstream",
         "upstream_sets",
-        "upstream_status",
         "version",
     )
 
@@ -200,10 +197,7 @@ class Request:
         self.cleanups: list[Callable[[], None]] | None = None
         # called if the client goes away before the answer is complete
         self.on_abort: Callable[[], None] | None = None
-        self.upstream_addr: str | None = None
-        self.upstream_status: str | None = None
-        self.upstream_response_time: str | None = None
-        self.upstream_connect_time: str | None = None
+        self.upstream: Any = None  # the proxy exchange, for the $upstream_* variables
         # headers the upstream's answer carries itself (proxy_pass_header): 1 Server,
         # 2 Date; portico then does not add its own
         self.upstream_sets = 0

@@ -96,9 +96,11 @@ class ProxyExchange:
         self.kept: list[bytes] | None = [] if not body.complete else None
         self.kept_size = 0
         self.last_status = 502  # what the client gets if no peer is left: 504 after a timeout
+        # per attempt, for $upstream_addr, $upstream_status, $upstream_response_time
+        # (formatted only if a log asks: see variables.py)
         self.addrs: list[str] = []
-        self.statuses: list[str] = []
-        self.times: list[str] = []
+        self.statuses: list[int] = []
+        self.times: list[float] = []
         upgrade = request.headers.get("upgrade") if request.head.upgrade else None
         self.upgrade: str | None = upgrade
 
@@ -107,6 +109,7 @@ class ProxyExchange:
     def start(self) -> None:
         request = self.request
         request.on_abort = self.client_gone
+        request.upstream = self
         request.proxy_host = self.handler.proxy_host
         if not request.body.complete:
             self.conn.want_body(request)
@@ -122,8 +125,8 @@ class ProxyExchange:
                     f'"{self.group.name}"',
                 )
                 self.addrs.append(self.group.name)
-                self.statuses.append("502")
-                self.times.append("0.000")
+                self.statuses.append(502)
+                self.times.append(0.0)
             self.fail(self.last_status)
             return
         self.peer = peer
@@ -246,7 +249,7 @@ class ProxyExchange:
         status = head.status
         handler = self.handler
         if status in handler.retry_statuses and self.can_retry(f"http_{status}"):
-            self.statuses.append(str(status))
+            self.statuses.append(status)
             self.attempt_failed(
                 f"http_{status}",
                 f"upstream answered {status}",
@@ -259,7 +262,7 @@ class ProxyExchange:
             and status >= 300
             and status in self.request.location.error_pages
         ):
-            self.statuses.append(str(status))
+            self.statuses.append(status)
             self.complete_attempt(reusable=False)
             self.conn.send_error(self.request, status)
             return True
@@ -271,7 +274,7 @@ class ProxyExchange:
         if head.upgrade and self.upgrade is not None:
             self.tunnel(head)
             return
-        self.statuses.append(str(head.status))
+        self.statuses.append(head.status)
         self.response_started = True
         self.conn.send_head(
             self.request,
@@ -303,7 +306,7 @@ class ProxyExchange:
             if self.upstream is not None and self.upstream.exchange is self:
                 self.response_end()
             return
-        self.statuses.append(str(head.status))
+        self.statuses.append(head.status)
         self.response_started = True
         self.keep_alive_upstream = head.keep_alive
         self.complete_attempt(reusable=True)
@@ -318,8 +321,7 @@ class ProxyExchange:
         """The upstream's part is over: account, and keep or close the connection."""
         self.finished = True
         elapsed = time.monotonic() - self.attempt_started
-        self.times.append(f"{elapsed:.3f}")
-        self.record()
+        self.times.append(elapsed)
         peer = self.peer
         if peer is not None:
             self.group.done(peer, elapsed, False)
@@ -357,7 +359,6 @@ class ProxyExchange:
                 # not take the peer out
                 self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
             self.request.keep_alive = False
-            self.record()
             self.conn.finish(self.request)
             self.conn.close()
             return
@@ -389,10 +390,10 @@ class ProxyExchange:
             upstream.close()
         elapsed = time.monotonic() - self.attempt_started
         if not kind.startswith("http_"):
-            self.times.append(f"{elapsed:.3f}")
-            self.statuses.append("504" if kind == "timeout" else "502")
+            self.times.append(elapsed)
+            self.statuses.append(504 if kind == "timeout" else 502)
         else:
-            self.times.append(f"{elapsed:.3f}")
+            self.times.append(elapsed)
         if peer is not None:
             self.group.done(peer, elapsed, failed)
         self.conn.worker.site.error(
@@ -436,7 +437,6 @@ class ProxyExchange:
         if self.finished:
             return
         self.finished = True
-        self.record()
         self.conn.send_error(self.request, status)
 
     def client_gone(self) -> None:
@@ -451,15 +451,8 @@ class ProxyExchange:
         self.finished = True
         if upstream is not None:
             upstream.abort()
-        self.record()
 
     # -- bookkeeping -----------------------------------------------------------------
-
-    def record(self) -> None:
-        request = self.request
-        request.upstream_addr = ", ".join(self.addrs)
-        request.upstream_status = ", ".join(self.statuses)
-        request.upstream_response_time = ", ".join(self.times)
 
     def _peer_url(self) -> str:
         """The URL as sent upstream (nginx's "upstream:" in error lines)."""
@@ -474,12 +467,11 @@ class ProxyExchange:
 
         upstream = self.upstream
         assert upstream is not None
-        self.statuses.append("101")
+        self.statuses.append(101)
         self.response_started = True
         self.finished = True
         elapsed = time.monotonic() - self.attempt_started
-        self.times.append(f"{elapsed:.3f}")
-        self.record()
+        self.times.append(elapsed)
         if self.peer is not None:
             self.group.done(self.peer, elapsed, False)
         headers = self._headers(head)
