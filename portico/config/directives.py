@@ -1277,6 +1277,17 @@ PROXY = [
         doc="Passes a header that is hidden by default (for example `Server` or `Date`).",
     ),
     Directive(
+        "proxy_http_version",
+        "proxy_http_version 1.0 | 1.1;",
+        HSL,
+        one_of("1.0", "1.1"),
+        default="1.1",
+        doc="The HTTP version of requests to the upstream. 1.1 (unlike nginx's default, "
+        "1.0) lets `keepalive` reuse connections without further settings; with 1.0 "
+        "every request says `Connection: close` and chunked request bodies are refused "
+        "with 411.",
+    ),
+    Directive(
         "proxy_connect_timeout",
         "proxy_connect_timeout TIME;",
         HSL,

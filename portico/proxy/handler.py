@@ -36,7 +36,11 @@ class ProxyHandler:
         self.group = group
         self.proxy_host = proxy_pass.host_header
         self.request_template = compile_request(
-            proxy_pass.uri, prefix, values["proxy_set_header"], keepalive=group.keepalive > 0
+            proxy_pass.uri,
+            prefix,
+            values["proxy_set_header"],
+            keepalive=group.keepalive > 0,
+            version=values["proxy_http_version"],
         )
         self.response_filter = compile_response(
             values["proxy_hide_header"], values["proxy_pass_header"]
@@ -52,4 +56,8 @@ class ProxyHandler:
         self.keep_body_size: int = values["proxy_request_buffer_size"]
 
     def handle(self, request: Request) -> None:
+        if request.head.chunked and self.request_template.version == b"HTTP/1.0":
+            # an HTTP/1.0 upstream cannot be sent a body of unknown length
+            request.conn.send_error(request, 411)
+            return
         ProxyExchange(self, request).start()

@@ -74,6 +74,7 @@ class RequestTemplate:
     overridden: frozenset[str]  # lowercase names the set_header lines own
     # our own Connection line ("close" without keep-alive), unless set_header owns it
     connection: bytes
+    version: bytes = b"HTTP/1.1"  # proxy_http_version
 
     def target(self, request: Any) -> bytes:
         """The request-target to send."""
@@ -100,7 +101,10 @@ class RequestTemplate:
         upgrade: str | None,
     ) -> bytes:
         """The whole request head for the upstream."""
-        lines = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target), self.constant_block]
+        lines = [
+            b"%s %s %s\r\n" % (method.encode("ascii"), target, self.version),
+            self.constant_block,
+        ]
         for _, prefix, template in self.dynamic:
             value = template.render(request)
             if value:
@@ -149,7 +153,11 @@ def _encode_value(value: str) -> bytes:
 
 
 def compile_request(
-    uri: str | None, prefix: str, set_headers: Sequence[tuple[str, Template]], keepalive: bool
+    uri: str | None,
+    prefix: str,
+    set_headers: Sequence[tuple[str, Template]],
+    keepalive: bool,
+    version: str = "1.1",
 ) -> RequestTemplate:
     """Merge the defaults with the location's ``proxy_set_header`` lines, once."""
     headers: dict[str, tuple[str, Template]] = {
@@ -166,9 +174,16 @@ def compile_request(
                 constant.append(f"{name}: {text}\r\n".encode("latin-1"))
         else:
             dynamic.append((lower, f"{name}: ".encode("latin-1"), value))
+    keepalive = keepalive and version == "1.1"
     connection = b"" if keepalive or "connection" in headers else b"Connection: close\r\n"
     return RequestTemplate(
-        uri, prefix, tuple(dynamic), b"".join(constant), frozenset(headers), connection
+        uri,
+        prefix,
+        tuple(dynamic),
+        b"".join(constant),
+        frozenset(headers),
+        connection,
+        b"HTTP/" + version.encode(),
     )
 
 

@@ -1062,3 +1062,23 @@ def test_upgrade_request_tells_the_backend_only_to_upgrade(front: Front) -> None
     seen = front.backend.stats.requests_seen[-1]
     connection = [v for n, v in seen["headers"] if n.lower() == "connection"]  # type: ignore[union-attr]
     assert [v.lower() for v in connection] == ["upgrade"]
+
+
+def test_proxy_http_version_1_0(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{ upstream up {{ server {a}; keepalive 4; }}\n"
+        "server {{ listen 127.0.0.1:{port};\n"
+        "  location / {{ proxy_http_version 1.0; proxy_pass http://up; }} }} }}",
+        a=backend.address,
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/echo")
+        response = conn.getresponse()
+        seen = json.loads(response.read())
+        assert response.status == 200
+        assert seen["version"] == "HTTP/1.0"
+        assert ["Connection", "close"] in seen["headers"]
+    finally:
+        conn.close()
