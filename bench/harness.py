@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,8 @@ class Server:
         cpu: str = SERVER_CPU,
         ready_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -100,6 +104,8 @@ class Server:
         self.cpu = cpu
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
+        self.cwd = cwd
+        self.env = None if env is None else {**os.environ, **env}
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,6 +138,8 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.cwd,
+                env=self.env,
             )
         try:
             self._wait_ready()
@@ -218,7 +226,14 @@ def nginx_conf(conf_body: str, workdir: Path) -> str:
     return main + body
 
 
-def nginx_server(conf_body: str, workdir: Path, port: int | None = None) -> Server:
+def nginx_server(
+    conf_body: str,
+    workdir: Path,
+    port: int | None = None,
+    *,
+    name: str = "nginx",
+    cpu: str = SERVER_CPU,
+) -> Server:
     """nginx running `conf_body` (see `nginx_conf`) from `workdir/nginx.conf`."""
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     conf_path = workdir / "nginx.conf"
@@ -226,18 +241,211 @@ def nginx_server(conf_body: str, workdir: Path, port: int | None = None) -> Serv
     argv = [str(NGINX_BIN), "-p", str(workdir), "-e", str(workdir / "nginx-error.log")]
     argv += ["-c", str(conf_path)]
     return Server(
-        "nginx",
+        name,
         argv,
         port if port is not None else listen_port(conf_body),
         workdir / "nginx.log",
+        cpu=cpu,
     )
 
 
-def portico_server(conf_path: Path, port: int | None = None) -> Server:
+def portico_server(
+    conf_path: Path,
+    port: int | None = None,
+    *,
+    name: str = "portico",
+    cpu: str = SERVER_CPU,
+) -> Server:
     """portico running `portico -c conf_path`, logging beside the config."""
     port = port if port is not None else listen_port(conf_path.read_text())
     argv = [str(PORTICO_BIN), "-c", str(conf_path)]
-    return Server("portico", argv, port, conf_path.parent / "portico.log")
+    return Server(name, argv, port, conf_path.parent / "portico.log", cpu=cpu)
+
+
+def portico_check(conf_path: Path) -> str | None:
+    """`portico -t -c conf_path`: None when the config is valid, else portico's message."""
+    done = subprocess.run(
+        [str(PORTICO_BIN), "-t", "-c", str(conf_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return None if done.returncode == 0 else (done.stderr or done.stdout).strip()
+
+
+def nginx_version() -> str:
+    done = subprocess.run([str(NGINX_BIN), "-v"], capture_output=True, text=True, check=False)
+    return done.stderr.strip().removeprefix("nginx version: ")
+
+
+# -- processes: who is a worker, what it costs ---------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): field 3 on."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (a master's workers), by scanning /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(_stat_fields(int(entry.name))[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+    return sorted(found)
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (not `pid` itself)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return sorted(found)
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size (VmRSS) in KiB; shared pages count in every process that maps them."""
+    return _status_kb(pid, "VmRSS")
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size in KiB: shared pages divided among their sharers (sums honestly)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far, in seconds (from /proc/PID/stat)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors `pid` holds (its sockets, for a server worker)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class CpuMeter:
+    """How busy each CPU was between `start()` and `stop()`, from /proc/stat.
+
+    Counts everything that ran on the CPU (any process, interrupts), which is
+    the point: it tells whether a core was saturated, e.g. the load
+    generator's core, whoever saturated it.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[str, tuple[int, int]] = {}
+        self._after: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def _sample() -> dict[str, tuple[int, int]]:
+        sample = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                values = [int(t) for t in ticks[:8]]
+                idle = values[3] + values[4]  # idle + iowait
+                sample[name[3:]] = (sum(values) - idle, sum(values))
+        return sample
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> None:
+        self._after = self._sample()
+
+    def busy(self, cpu: str) -> float:
+        """Fraction (0..1) of the interval CPU `cpu` ("0", "1") was not idle."""
+        busy0, total0 = self._before[cpu]
+        busy1, total1 = self._after[cpu]
+        return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+
+
+def metered(
+    run: Callable[[], WrkResult], busy: list[float], cpu: str = WRK_CPU
+) -> Callable[[], WrkResult]:
+    """`run`, also appending to `busy` how busy `cpu` (the load generator's core) was."""
+
+    def metered_run() -> WrkResult:
+        meter = CpuMeter()
+        meter.start()
+        try:
+            return run()
+        finally:
+            meter.stop()
+            busy.append(meter.busy(cpu))
+
+    return metered_run
+
+
+LOAD_SATURATED = 0.95  # fraction of the load core busy past which the load side limits
+
+
+def print_load_cpu(busy: Mapping[str, Sequence[float]], what: str, cpu: str = WRK_CPU) -> None:
+    """How busy the load core was per contender (median), and a warning if it was full.
+
+    When the load generator's core is saturated, the server was not: the
+    figure is the load side's limit, and a ratio against the faster server
+    understates it.
+    """
+    medians = {name: median(values) for name, values in busy.items() if values}
+    print(
+        f"  CPU {cpu} ({what}) busy, median: "
+        + ", ".join(f"{name} runs {value:.0%}" for name, value in medians.items())
+    )
+    saturated = [name for name, value in medians.items() if value >= LOAD_SATURATED]
+    if saturated:
+        print(
+            f"  CPU {cpu} was saturated in the {' and '.join(saturated)} runs: the load side "
+            "set those figures, and the server could do more than they show"
+        )
+
+
+# -- one request -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One HTTP/1.1 exchange: status, headers (names lower-cased), body, head size."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    head_bytes: int
+
+
+def http_get(url: str, timeout: float = 10.0) -> Response:
+    """GET `url` on a fresh connection (urllib: HTTP/1.1, Connection: close)."""
+    request = urllib.request.Request(url)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        response = exc
+    with response:
+        body = response.read()
+        headers = response.getheaders()
+        status_line = len(f"HTTP/1.1 {response.status} {response.reason}\r\n")
+        head = status_line + sum(len(k) + len(v) + 4 for k, v in headers) + 2
+        return Response(response.status, {k.lower(): v for k, v in headers}, body, head)
 
 
 # -- wrk -----------------------------------------------------------------------
@@ -245,12 +453,14 @@ def portico_server(conf_path: Path, port: int | None = None) -> Server:
 
 @dataclass(frozen=True, slots=True)
 class WrkResult:
-    """One wrk run. `errors` counts socket errors plus non-2xx/3xx responses."""
+    """One wrk run. `errors` counts socket errors plus non-2xx/3xx responses;
+    `requests` is the number of responses wrk counted (0 when unknown)."""
 
     requests_per_sec: float
     transfer_bytes_per_sec: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 _SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -278,11 +488,13 @@ def parse_wrk(output: str) -> WrkResult:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         errors += int(non_2xx.group(1))
+    total = re.search(r"^\s+(\d+) requests in ", output, re.MULTILINE)
     return WrkResult(
         requests_per_sec=rps,
         transfer_bytes_per_sec=float(transfer.group(1)) * _SIZE_UNITS[transfer.group(2)],
         p99_ms=float(p99.group(1)) * _TIME_UNITS_MS[p99.group(2)],
         errors=errors,
+        requests=int(total.group(1)) if total else 0,
     )
 
 
@@ -318,12 +530,17 @@ def interleave(
     Progress goes to stderr, one line per run, so a long run shows it is alive.
     """
     results: dict[str, list[WrkResult]] = {name: [] for name in contenders}
+    width = _name_width(contenders)
     for round_no in range(1, rounds + 1):
         for name, run in contenders.items():
             result = run()
             results[name].append(result)
-            print(f"  round {round_no}/{rounds} {name:<8} {_row(result)}", file=sys.stderr)
+            print(f"  round {round_no}/{rounds} {name:<{width}} {_row(result)}", file=sys.stderr)
     return results
+
+
+def _name_width(names: Iterable[str]) -> int:
+    return max([8, *(len(name) for name in names)])
 
 
 def median(values: Iterable[float]) -> float:
@@ -331,12 +548,13 @@ def median(values: Iterable[float]) -> float:
 
 
 def summarize(results: Sequence[WrkResult]) -> WrkResult:
-    """Medians of each figure over the rounds; errors are summed, not medianed."""
+    """Medians of each figure over the rounds; errors and requests are summed."""
     return WrkResult(
         requests_per_sec=median(r.requests_per_sec for r in results),
         transfer_bytes_per_sec=median(r.transfer_bytes_per_sec for r in results),
         p99_ms=median(r.p99_ms for r in results),
         errors=sum(r.errors for r in results),
+        requests=sum(r.requests for r in results),
     )
 
 
@@ -350,21 +568,27 @@ def _row(result: WrkResult) -> str:
 def print_table(title: str, results: Mapping[str, Sequence[WrkResult]]) -> None:
     """Medians per contender: req/s, MB/s (10^6 bytes), p99 in ms, errors."""
     rounds = max((len(runs) for runs in results.values()), default=0)
+    width = _name_width(results)
     print(f"\n{title} (median of {rounds} rounds)")
-    print(f"  {'server':<8} {'req/s':>12} {'MB/s':>10} {'p99 ms':>9} {'errors':>7}")
+    print(f"  {'server':<{width}} {'req/s':>12} {'MB/s':>10} {'p99 ms':>9} {'errors':>7}")
     for name, runs in results.items():
-        print(f"  {name:<8} {_row(summarize(runs))}")
+        print(f"  {name:<{width}} {_row(summarize(runs))}")
 
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """One ratio line: `numerator`/`denominator` of a WrkResult field's medians."""
+    """One ratio line: `numerator`/`denominator` of a WrkResult field's medians.
+
+    The target is a floor (`>=`) for figures where more is better, and a ceiling
+    (`<=`) when `higher_is_better` is false (latency, memory).
+    """
 
     label: str  # e.g. "1 KB req/s"
-    metric: str  # a WrkResult field: "requests_per_sec" or "transfer_bytes_per_sec"
+    metric: str  # a WrkResult field: "requests_per_sec", "transfer_bytes_per_sec", "p99_ms"
     numerator: str = "portico"
     denominator: str = "nginx"
     target: float | None = None
+    higher_is_better: bool = True
 
 
 def ratio_value(ratio: Ratio, results: Mapping[str, Sequence[WrkResult]]) -> float | None:
@@ -380,9 +604,14 @@ def format_ratio(ratio: Ratio, value: float | None) -> str:
     line = f"ratio {ratio.numerator}/{ratio.denominator} {ratio.label}: "
     line += "n/a (not run)" if value is None else f"{value:.2f}"
     if ratio.target is not None:
-        line += f"   target >= {ratio.target:.2f}"
+        if ratio.higher_is_better:
+            line += f"   target >= {ratio.target:.2f}"
+            met = value is not None and value >= ratio.target
+        else:
+            line += f"   target <= {ratio.target:.2f}"
+            met = value is not None and value <= ratio.target
         if value is not None:
-            line += "  MET" if value >= ratio.target else "  NOT MET"
+            line += "  MET" if met else "  NOT MET"
     return line
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the benchmark peers: nginx and wrk from Debian, gunicorn and granian
-# into the project venv. Idempotent: each piece is installed only if missing,
-# so the bench scripts call this at every start and it costs ~nothing.
+# Install the benchmark peers: nginx and wrk from Debian; gunicorn, granian and
+# Flask (for the example app) into the project venv. Idempotent: each piece is
+# installed only if missing, so the bench scripts call this at every start and
+# it costs ~nothing.
 #
 # Debian's nginx package tries to start its service on install. This machine
 # usually has a policy-rc.d that forbids that; if it does not, we stop the
@@ -78,6 +79,8 @@ install_python_peers() {
     local missing=()
     [[ -x "$venv_bin/gunicorn" ]] || missing+=(gunicorn)
     [[ -x "$venv_bin/granian" ]] || missing+=(granian)
+    # the Flask hello world (examples/hello.py) of wsgi.py and memory.py
+    "$venv_bin/python" -c "import flask" 2>/dev/null || missing+=(flask)
     ((${#missing[@]})) || return 0
     log "installing ${missing[*]} into $root_dir/.venv"
     "$venv_bin/pip" install --quiet "${missing[@]}"
@@ -90,4 +93,5 @@ nginx_version="$(/usr/sbin/nginx -v 2>&1 | sed 's|.*nginx/||')"
 wrk_version="$(wrk -v 2>&1 | head -1 | awk '{print $2}' | sed 's|^debian/||' || true)"
 gunicorn_version="$("$venv_bin/gunicorn" --version 2>&1 | awk '{print $NF}' | tr -d ')')"
 granian_version="$("$venv_bin/granian" --version 2>&1 | awk '{print $NF}')"
-log "nginx $nginx_version, wrk $wrk_version, gunicorn $gunicorn_version, granian $granian_version"
+flask_version="$("$venv_bin/python" -c "import importlib.metadata as m; print(m.version('flask'))")"
+log "nginx $nginx_version, wrk $wrk_version, gunicorn $gunicorn_version, granian $granian_version, flask $flask_version"
