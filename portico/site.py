@@ -210,9 +210,6 @@ class Binding:
     def body_limit_of(self, request: Request) -> int:
         return self._location(request).client_max_body_size
 
-    def keepalive_timeout_of(self, request: Request) -> float:
-        return self._location(request).keepalive_timeout
-
 
 class Site:
     def __init__(self, config: Config, error_log: ErrorLog, worker: Any = None) -> None:

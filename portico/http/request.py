@@ -221,9 +221,5 @@ class Request:
         server = self.server
         return server.name if server is not None else ""
 
-    @property
-    def is_head(self) -> bool:
-        return self.method == "HEAD"
-
     def elapsed(self) -> float:
         return time.time() - self.start

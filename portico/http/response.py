@@ -87,10 +87,6 @@ def error_page(status: int, server_tokens: bool) -> bytes:
     return page
 
 
-def redirect_page(status: int, server_tokens: bool) -> bytes:
-    return error_page(status, server_tokens)
-
-
 def encode_headers(headers: list[tuple[str, str]]) -> bytes:
     """``Name: value\\r\\n`` lines; values are latin-1 as HTTP/1.1 allows.
 

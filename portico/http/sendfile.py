@@ -108,3 +108,34 @@ class FilePump:
         if self.conn.state != CLOSED:
             self.conn.transport.set_write_buffer_limits()
         self._done(ok)
+
+
+def send_file(
+    conn: Any,
+    request: Any,
+    status: int,
+    headers: bytes,
+    fd: int,
+    offset: int,
+    count: int,
+    use_sendfile: bool,
+) -> None:
+    """Answer with ``count`` bytes of ``fd`` from ``offset`` (the head first), then
+    finish the request; closes ``fd``. A client gone mid-way closes the connection."""
+    conn.send_head(request, status, headers, count)
+    if request.method == "HEAD" or count == 0:
+        os.close(fd)
+        conn.finish(request)
+        return
+
+    def done(ok: bool) -> None:
+        request.body_bytes_sent += pump.sent
+        request.bytes_sent += pump.sent
+        if not ok:
+            request.keep_alive = False
+        conn.finish(request)
+        if not ok:
+            conn.close()
+
+    pump = FilePump(conn, fd, offset, count, use_sendfile, done)
+    pump.start()

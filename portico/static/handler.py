@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.config.directives import DisableSymlinks, TryFiles
 from portico.http.response import encode_headers
-from portico.http.sendfile import FilePump
+from portico.http.sendfile import send_file
 from portico.static.autoindex import Entry, render_listing
 from portico.static.conditional import (
     UNSATISFIABLE,
@@ -235,23 +235,7 @@ class StaticHandler:
         except OSError as e:
             self._stat_failed(request, filename, e)
             return
-        conn.send_head(request, status, headers, count)
-        if request.method == "HEAD" or count == 0:
-            os.close(fd)
-            conn.finish(request)
-            return
-
-        def done(ok: bool) -> None:
-            request.body_bytes_sent += pump.sent
-            request.bytes_sent += pump.sent
-            if not ok:
-                request.keep_alive = False
-            conn.finish(request)
-            if not ok:
-                conn.close()
-
-        pump = FilePump(conn, fd, offset, count, self.sendfile, done)
-        pump.start()
+        send_file(conn, request, status, headers, fd, offset, count, self.sendfile)
 
     def _load(
         self, filename: str, key: tuple[int, int, int], mtime: float, size: int

@@ -209,17 +209,13 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.deadline = None
-        self.exchange = None
-        self.group.forget(self)
-        if self.transport is not None:
-            self.transport.close()
+        self._shut(abort=False)
 
     def abort(self) -> None:
         """Close at once, dropping anything buffered (the exchange is abandoned)."""
+        self._shut(abort=True)
+
+    def _shut(self, abort: bool) -> None:
         if self.closed:
             return
         self.closed = True
@@ -227,4 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.group.forget(self)
         if self.transport is not None:
-            self.transport.abort()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.http.protocol import CLOSED
 from portico.http.response import encode_headers
-from portico.http.sendfile import FilePump
+from portico.http.sendfile import send_file
 from portico.wsgi.call import DATA, END, ERROR, FILE, HEAD, WHOLE, WsgiCall
 
 if TYPE_CHECKING:
@@ -145,30 +145,10 @@ class WsgiAnswer:
             call.wake()
 
     def _file(self, fd: int, offset: int, count: int) -> None:
-        import os
-
-        conn = self.conn
-        request = self.request
         status, headers = self._head()
         self.sent_head = True
         self.done = True
-        conn.send_head(request, status, headers, count)
-        if request.method == "HEAD" or count == 0:
-            os.close(fd)
-            conn.finish(request)
-            return
-
-        def sent(ok: bool) -> None:
-            request.body_bytes_sent += pump.sent
-            request.bytes_sent += pump.sent
-            if not ok:
-                request.keep_alive = False
-            conn.finish(request)
-            if not ok:
-                conn.close()
-
-        pump = FilePump(conn, fd, offset, count, self.sendfile, sent)
-        pump.start()
+        send_file(self.conn, self.request, status, headers, fd, offset, count, self.sendfile)
 
     def _error(self, text: str) -> None:
         self._log_error(text)
