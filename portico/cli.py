@@ -260,7 +260,8 @@ def run(config: Config, path: str | None, prefix: str | None, text: str | None =
         return 1
     from portico.process.sockets import key_text
 
-    listening = ", ".join(f"http://{key_text(key)}" for key in master.sockets)
+    addresses = dict.fromkeys(key_text(key[:3]) for key in master.sockets)
+    listening = ", ".join(f"http://{address}" for address in addresses)
     print(
         f"portico {__version__}: {config.path}, {config.worker_processes} worker(s), "
         f"listening on {listening}",

@@ -42,7 +42,7 @@ from portico.errors import ConfigErrors
 from portico.limits import Zone, make_zones
 from portico.logs import ErrorLog
 from portico.process import sockets as sockets_module
-from portico.process.sockets import BindError, SocketKey
+from portico.process.sockets import BindError, SlotKey
 from portico.wsgi import check
 
 HANDLED_SIGNALS = (
@@ -85,7 +85,7 @@ class Master:
         self.error_log = error_log
         self.config_path = config_path
         self.prefix = prefix
-        self.sockets: dict[SocketKey, socket.socket] = {}
+        self.sockets: dict[SlotKey, socket.socket] = {}
         self.zones: dict[str, Zone] = {}
         self.workers: dict[int, WorkerProcess] = {}
         self.generation = 0
@@ -135,17 +135,18 @@ class Master:
             )
 
     def _open_sockets(
-        self, config: Config, inherited: dict[SocketKey, socket.socket]
-    ) -> dict[SocketKey, socket.socket]:
-        opened: dict[SocketKey, socket.socket] = {}
+        self, config: Config, inherited: dict[SlotKey, socket.socket]
+    ) -> dict[SlotKey, socket.socket]:
+        opened: dict[SlotKey, socket.socket] = {}
         try:
-            for key, listen in sockets_module.plan(config).items():
-                sock = self.sockets.get(key) or inherited.pop(key, None)
-                if sock is None:
-                    sock = sockets_module.bind(listen, key)
-                    if key[0] == "unix":
-                        self.created_files.add(key[1])
-                opened[key] = sock
+            for address, listen in sockets_module.plan(config).items():
+                for key in sockets_module.slots(listen, address, config.worker_processes):
+                    sock = self.sockets.get(key) or inherited.pop(key, None)
+                    if sock is None:
+                        sock = sockets_module.bind(listen, key)
+                        if key[0] == "unix":
+                            self.created_files.add(key[1])
+                    opened[key] = sock
         except BindError:
             for key, sock in opened.items():
                 if key not in self.sockets:
@@ -246,9 +247,11 @@ class Master:
                 self._drop_privileges()
                 from portico.worker import serve_in_this_process
 
-                code = serve_in_this_process(
-                    self.config, self.sockets, self.error_log, number, self.zones
-                )
+                mine = sockets_module.for_worker(self.sockets, number)
+                for sock in self.sockets.values():
+                    if sock not in mine.values():
+                        sock.close()  # another worker's reuseport socket
+                code = serve_in_this_process(self.config, mine, self.error_log, number, self.zones)
             finally:
                 os._exit(code)
         self.workers[pid] = WorkerProcess(pid, number, self.generation, time.monotonic())
@@ -424,7 +427,7 @@ class Master:
         self.new_master = pid
         self.error_log.log("notice", f"started the new master process {pid}")
 
-    def _close_sockets(self, sockets: dict[SocketKey, socket.socket] | None = None) -> None:
+    def _close_sockets(self, sockets: dict[SlotKey, socket.socket] | None = None) -> None:
         """Close listening sockets (all of them by default)."""
         closing = self.sockets if sockets is None else sockets
         for key, sock in closing.items():

@@ -22,6 +22,9 @@ from portico.errors import PorticoError
 ENVIRONMENT_VARIABLE = "PORTICO_SOCKETS"
 
 SocketKey = tuple[str, str, int]
+# a socket of the master: a SocketKey, or a SocketKey plus a worker number for the
+# per-worker sockets of `listen ... reuseport`
+SlotKey = tuple[str, str, int] | tuple[str, str, int, int]
 
 
 class BindError(PorticoError):
@@ -65,27 +68,41 @@ def plan(config: Config) -> dict[SocketKey, Listen]:
     return sockets
 
 
-def key_text(key: SocketKey) -> str:
-    family, host, port = key
+def key_text(key: SlotKey) -> str:
+    family, host, port = key[:3]
+    worker = f"#{key[3]}" if len(key) == 4 else ""
     if family == "unix":
-        return f"unix:{host}"
+        return f"unix:{host}{worker}"
     if family == "inet6":
-        return f"[{host}]:{port}"
-    return f"{host or '0.0.0.0'}:{port}"
+        return f"[{host}]:{port}{worker}"
+    return f"{host or '0.0.0.0'}:{port}{worker}"
 
 
-def parse_key(text: str) -> SocketKey:
+def parse_key(text: str) -> SlotKey:
+    text, hash_, worker = text.partition("#")
+    key: SocketKey
     if text.startswith("unix:"):
-        return ("unix", text[5:], 0)
-    host, _, port = text.rpartition(":")
-    if host.startswith("["):
-        return ("inet6", host[1:-1], int(port))
-    return ("inet", "" if host == "0.0.0.0" else host, int(port))
+        key = ("unix", text[5:], 0)
+    else:
+        host, _, port = text.rpartition(":")
+        if host.startswith("["):
+            key = ("inet6", host[1:-1], int(port))
+        else:
+            key = ("inet", "" if host == "0.0.0.0" else host, int(port))
+    return (*key, int(worker)) if hash_ else key
 
 
-def bind(listen: Listen, key: SocketKey) -> socket.socket:
+def slots(listen: Listen, key: SocketKey, workers: int) -> list[SlotKey]:
+    """The master's sockets for one planned address: one shared socket, or one per
+    worker with ``reuseport`` (the kernel then spreads connections evenly)."""
+    if listen.reuseport and key[0] != "unix":
+        return [(*key, number) for number in range(workers)]
+    return [key]
+
+
+def bind(listen: Listen, key: SlotKey) -> socket.socket:
     """A listening, non-blocking socket for ``listen``; BindError says why not."""
-    family, host, port = key
+    family, host, port = key[:3]
     try:
         if family == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,6 +113,8 @@ def bind(listen: Listen, key: SocketKey) -> socket.socket:
             af = socket.AF_INET6 if family == "inet6" else socket.AF_INET
             sock = socket.socket(af, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if len(key) == 4:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(listen.ipv6only))
             sock.bind((host or ("::" if af == socket.AF_INET6 else "0.0.0.0"), port))
@@ -128,7 +147,7 @@ def _remove_stale_unix_socket(path: str) -> None:
         probe.close()
 
 
-def inherited() -> dict[SocketKey, socket.socket]:
+def inherited() -> dict[SlotKey, socket.socket]:
     """Sockets handed over by a previous master (binary upgrade)."""
     value = os.environ.get(ENVIRONMENT_VARIABLE, "")
     sockets = {}
@@ -144,5 +163,16 @@ def inherited() -> dict[SocketKey, socket.socket]:
     return sockets
 
 
-def describe(sockets: dict[SocketKey, socket.socket]) -> str:
+def for_worker(
+    sockets: dict[SlotKey, socket.socket], number: int
+) -> dict[SocketKey, socket.socket]:
+    """What worker ``number`` accepts on: the shared sockets and its own reuseport ones."""
+    return {
+        key[:3]: sock  # type: ignore[misc]
+        for key, sock in sockets.items()
+        if len(key) == 3 or key[3] == number  # type: ignore[misc]
+    }
+
+
+def describe(sockets: dict[SlotKey, socket.socket]) -> str:
     return ";".join(f"{sock.fileno()}:{key_text(key)}" for key, sock in sockets.items())

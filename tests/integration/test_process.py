@@ -387,3 +387,26 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_reuseport_gives_each_worker_its_own_socket(portico) -> None:  # type: ignore[no-untyped-def]
+    # with one shared socket most connections may land on one worker; with reuseport
+    # the kernel spreads them over the workers' own sockets
+    server = portico(
+        "worker_processes 2;\nevents {{ }}\n"
+        "http {{ server {{ listen 127.0.0.1:{port} reuseport;\n"
+        '  location / {{ return 200 "$pid"; }} }} }}'
+    )
+    wait_until(lambda: len(server.worker_pids()) == 2)
+    answered_by = set()
+    for _ in range(60):
+        status, body = get(server.port, "/")
+        assert status == 200
+        answered_by.add(int(body))
+    assert answered_by == set(server.worker_pids())
+    # a worker killed and replaced gets the same socket back: nothing is refused
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids())
+    for _ in range(20):
+        assert get(server.port, "/")[0] == 200
