@@ -193,7 +193,7 @@ class Server:
 
 # -- configs -------------------------------------------------------------------
 
-_LISTEN_PORT = re.compile(r"\blisten\s+127\.0\.0\.1:(\d+)\s*;")
+_LISTEN_PORT = re.compile(r"\blisten\s+127\.0\.0\.1:(\d+)[\s;]")
 
 
 def listen_port(conf_text: str) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import resource
 import sys
 import tempfile
@@ -105,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def with_workers(config: str, workers: int) -> str:
     if "worker_processes 1;" not in config:
         raise BenchError("the config template has no `worker_processes 1;` to change")
+    # reuseport: one socket per worker, so the kernel spreads wrk's connections evenly
+    # (with one shared socket most of them may land on one worker)
+    config = re.sub(r"(listen 127\.0\.0\.1:\d+)", r"\1 reuseport", config)
     return config.replace("worker_processes 1;", f"worker_processes {workers};", 1)
 
 
