@@ -22,6 +22,8 @@ import socket
 import time
 from typing import Any
 
+import uvloop
+
 from portico.config.model import Config
 from portico.http.parser import RequestReader
 from portico.http.protocol import HttpConnection
@@ -225,8 +227,6 @@ class Worker:
         self._ticks = 0
 
     def run(self) -> int:
-        import uvloop
-
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop

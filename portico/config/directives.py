@@ -812,7 +812,9 @@ _TABLE: list[Directive] = [
         as_user,
         max_args=2,
         doc="The user (and group) worker processes run as, when portico starts as root. "
-        "The master keeps root's rights, to bind ports and reopen logs.",
+        "The master keeps root's rights, to bind ports and reopen logs; a worker loads "
+        "portico before it switches, but a `wsgi` app is imported as that user, so its "
+        "files must be readable by it.",
     ),
     Directive(
         "worker_rlimit_nofile",

@@ -244,14 +244,19 @@ class Master:
                 os.close(self._wake_write)
                 self.error_log.ident = f"{os.getpid()}#0"
                 _set_title("portico: worker process")
-                self._drop_privileges()
+                # import while we may still read everything (the interpreter's own files
+                # can be out of the worker user's reach), then drop the privileges
                 from portico.worker import serve_in_this_process
+
+                self._drop_privileges()
 
                 mine = sockets_module.for_worker(self.sockets, number)
                 for sock in self.sockets.values():
                     if sock not in mine.values():
                         sock.close()  # another worker's reuseport socket
                 code = serve_in_this_process(self.config, mine, self.error_log, number, self.zones)
+            except BaseException as e:  # a worker that cannot start says why
+                self.error_log.log("emerg", f"worker process could not start: {e!r}")
             finally:
                 os._exit(code)
         self.workers[pid] = WorkerProcess(pid, number, self.generation, time.monotonic())

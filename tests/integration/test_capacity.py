@@ -4,6 +4,7 @@ nobody waits forever, everyone else is still answered quickly."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import statistics
 import threading
@@ -187,3 +188,77 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_is_closed_at_send_timeout(tmp_path: Path, portico) -> None:  # type: ignore[no-untyped-def]
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "big.bin").write_bytes(b"x" * (32 * 1024 * 1024))
+    server = portico(
+        "worker_processes 1;\nerror_log {dir}/error.log info;\nevents {{ }}\n"
+        "http {{ send_timeout 1s; server {{ listen 127.0.0.1:{port}; root {root}/www; }} }}"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(3.0)  # read nothing: the server's buffers fill, then it gives up
+        received = 0
+        s.settimeout(5)
+        while chunk := s.recv(1 << 20):
+            received += len(chunk)
+    assert 0 < received < 32 * 1024 * 1024  # cut short, and the connection closed
+    assert "client timed out reading" in (Path(server.directory) / "error.log").read_text()
+
+
+def test_a_slow_request_body_gets_408(tmp_path: Path, portico) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "bodyapp.py").write_text(
+        "def app(environ, start_response):\n"
+        "    body = environ['wsgi.input'].read()\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [body]\n"
+    )
+    server = portico(
+        "worker_processes 1;\nerror_log {dir}/error.log info;\nevents {{ }}\n"
+        "http {{ client_body_timeout 1s; server {{ listen 127.0.0.1:{port};\n"
+        "  location / {{ wsgi_path {root}; wsgi bodyapp:app; }} }} }}"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        started = time.monotonic()
+        status, headers, _ = read_response(s, timeout=10)
+        waited = time.monotonic() - started
+    assert status == 408 and headers["connection"] == "close"
+    assert 0.7 <= waited <= 3.0
+
+
+def test_workers_run_as_the_configured_user(portico) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    if os.getuid() != 0:
+        import pytest
+
+        pytest.skip("only root can change user")
+    nobody = pwd.getpwnam("nobody")
+    server = portico(
+        "user nobody;\nworker_processes 1;\nevents {{ }}\n"
+        'http {{ server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }} }}'
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_response(s)[0] == 200  # the worker is up (and answers as nobody)
+    (worker,) = server.worker_pids()
+    uid_line = next(
+        line
+        for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    )
+    assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+    master_uid = next(
+        line
+        for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    ).split()[1]
+    assert master_uid == "0"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_response(s)[0] == 200
