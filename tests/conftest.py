@@ -212,12 +212,7 @@ def read_response(s: socket.socket, timeout: float = 5.0) -> tuple[int, dict[str
             raise ConnectionError(f"closed before a full head: {data!r}")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     length = int(headers.get("content-length", "0"))
     while len(rest) < length:
         chunk = s.recv(65536)
@@ -227,12 +222,18 @@ def read_response(s: socket.socket, timeout: float = 5.0) -> tuple[int, dict[str
     return status, headers, rest[:length]
 
 
-def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = data.partition(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """A response head (without its blank line): the status, and lowercase headers."""
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
     return status, headers, body

@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tests.conftest import parse_head
+
 
 class _RetryableError(Exception):
     """Failed on a reused connection before any byte of the answer."""
@@ -50,12 +52,7 @@ def _read_answer(sock: socket.socket, head_only: bool = False) -> tuple[int, byt
             raise ConnectionError(f"closed mid-head: {data[:100]!r}")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     keep_alive = headers.get("connection", "").lower() != "close"
     if "content-length" in headers:
         length = int(headers["content-length"])
