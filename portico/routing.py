@@ -41,24 +41,31 @@ class NamedServer(Protocol):
 S = TypeVar("S", bound=NamedServer)
 
 
-_HOSTS: dict[str, str] = {}
+_HOSTS: dict[str, str | None] = {}
 _HOSTS_MAX = 4096
 
 
-def normalize_host(host: str) -> str:
-    """``Example.COM:8080`` → ``example.com``; ``[::1]:80`` → ``[::1]``.
+# nginx's rule for a Host (ngx_http_validate_host): a name of letters, digits, "-",
+# "_" and dots, or a bracketed IPv6 literal, then an optional ":port"; no "/", "\\",
+# spaces, control characters, no empty label or ".." (it may end up in a path through
+# "$host"). None marks an invalid value.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::[0-9]*)?")
+
+
+def normalize_host(host: str) -> str | None:
+    """``Example.COM:8080`` → ``example.com``; ``[::1]:80`` → ``[::1]``; None when the
+    value is not a host name (the request then gets 400, as from nginx).
 
     Clients send the same few Host values again and again: the answers are
     remembered (a bounded table, emptied when full)."""
-    name = _HOSTS.get(host)
-    if name is not None:
-        return name
-    if host.startswith("["):
-        end = host.find("]")
-        name = host[: end + 1] if end >= 0 else host
-    else:
-        name = host.partition(":")[0]
-    name = name.rstrip(".").lower()
+    if host in _HOSTS:
+        return _HOSTS[host]
+    match = _HOST.fullmatch(host)
+    name: str | None = None
+    if match is not None:
+        raw = match.group(1)
+        if raw.startswith("[") or not (raw.startswith(".") or ".." in raw):
+            name = raw.rstrip(".").lower()
     if len(_HOSTS) >= _HOSTS_MAX:
         _HOSTS.clear()
     _HOSTS[host] = name

@@ -36,7 +36,7 @@ from portico.process import sockets
 from portico.process.sockets import SocketKey
 from portico.proxy.handler import ProxyHandler
 from portico.routing import LocationTree, ServerSelector
-from portico.static.handler import StaticHandler
+from portico.static.handler import FileCache, StaticHandler
 from portico.timeouts import Wheel
 from portico.upstream.group import UpstreamGroup
 
@@ -222,6 +222,7 @@ class Site:
         self.worker = worker
         self._log_files: dict[str, LogFile] = {}
         self._apps: dict[str, Any] = {}
+        self.file_cache = FileCache()
         self._pools: dict[int, Any] = {}
         wheel = worker.wheel if worker is not None else Wheel()
         self.upstreams = {
@@ -266,7 +267,7 @@ class Site:
         app = values.get("wsgi")
         if app is not None:
             return self._wsgi_handler(values, app)
-        return StaticHandler(values, prefix)
+        return StaticHandler(values, prefix, self.file_cache)
 
     def _wsgi_handler(self, values: Mapping[str, Any], app: WsgiApp) -> Handler:
         from portico.wsgi.app import load_app
@@ -439,13 +440,19 @@ class Site:
         request.location = location
         self.run(request, location)
 
+    def ended_unanswered(self, request: Request) -> None:
+        """A request that ends without a response through finish() (444, a tunnel):
+        release what it holds (limit_conn) and log it."""
+        request.finished = True
+        if request.cleanups is not None:
+            request.run_cleanups()
+        self.log(request)
+
     def aborted(self, request: Request) -> None:
         """The client went away mid-exchange; log what was done."""
         if request.cleanups is not None:
             request.run_cleanups()
-        if request.on_abort is not None:
-            on_abort, request.on_abort = request.on_abort, None
-            on_abort()
+        request.conn.abandon(request)
         if request.status == 0:
             request.status = 499  # nginx's "client closed request"
         request.finished = True
@@ -458,23 +465,30 @@ class Site:
         conn = request.conn
         if status == 444:  # nginx: close without an answer
             request.status = 444
-            request.finished = True
-            self.log(request)
             conn.current = None
+            self.ended_unanswered(request)
             conn.close()
             return
         text = rule.body.render(request) if rule.body is not None else None
         if status in _REDIRECT_STATUSES and text is not None:
+            if text.startswith("/"):
+                text = self._absolute(request, text)
             self.send_error(request, status, location=text)
         elif text is not None:
             conn.send_response(request, status, self._default_type(request), text.encode())
         else:
             self.send_error(request, status)
 
-    def _default_type(self, request: Request) -> bytes:
+    @staticmethod
+    def _values(request: Request) -> Mapping[str, Any]:
+        """The settings in force for the request: its location's, or its server's."""
         location = request.location
-        values = location.conf.values if location.conf is not None else request.server.conf.values
-        return b"Content-Type: %b\r\n" % values["default_type"].encode("latin-1")
+        if location is not None and location.conf is not None:
+            return location.conf.values  # type: ignore[no-any-return]
+        return request.server.conf.values  # type: ignore[no-any-return]
+
+    def _default_type(self, request: Request) -> bytes:
+        return b"Content-Type: %b\r\n" % self._values(request)["default_type"].encode("latin-1")
 
     def send_error(
         self, request: Request, status: int, extra: bytes = b"", location: str | None = None
@@ -497,8 +511,6 @@ class Site:
             return
         loc = request.location
         tokens = loc.server_tokens if loc is not None else conn.binding.server_tokens
-        if status >= 400 and not request.body.complete:
-            request.keep_alive = False if status in (408, 413) else request.keep_alive
         headers = b"Content-Type: text/html\r\n" + extra
         if location is not None:
             headers += encode_headers([("Location", location)])
@@ -518,7 +530,6 @@ class Site:
         )
         if request.method != "HEAD":
             request.method = "GET"
-        request.redirects += 1
         if target.startswith("@"):
             self.named_redirect(request, target[1:])
         else:
@@ -529,14 +540,16 @@ class Site:
         target = quote_path(uri + "/")
         if request.query:
             target += "?" + request.query
-        values = request.server.conf.values
-        if values["absolute_redirect"]:
-            host = request.host or request.server.name
-            if not host:
-                host = request.conn.server_addr
-            port = request.conn.server_port
-            target = f"http://{host}{'' if port in ('80', '') else ':' + port}{target}"
-        self.send_error(request, 301, location=target)
+        self.send_error(request, 301, location=self._absolute(request, target))
+
+    def _absolute(self, request: Request, path: str) -> str:
+        """A redirect to a path of this server: absolute (scheme, host, port) when
+        absolute_redirect is on, as nginx makes it."""
+        if not self._values(request)["absolute_redirect"]:
+            return path
+        host = request.host or request.server.name or request.conn.server_addr
+        port = request.conn.server_port
+        return f"http://{host}{'' if port in ('80', '') else ':' + port}{path}"
 
     # -- logging -------------------------------------------------------------------
 
@@ -592,8 +605,6 @@ class _Rejected:
     these too, with the status and an empty request line."""
 
     def __init__(self, conn: HttpConnection, status: int, sent: int) -> None:
-        import time
-
         self.conn = conn
         self.status = status
         self.bytes_sent = sent
@@ -608,13 +619,10 @@ class _Rejected:
         self.server = None
         self.server_name = ""
         self.start = time.time()
-        self.request_length = 0
         self.response_headers: list[tuple[str, str]] = []
         self.document_root = self.request_filename = self.proxy_host = ""
         self.upstream = None
         self.captures = self.server_captures = None
 
     def elapsed(self) -> float:
-        import time
-
         return time.time() - self.start

@@ -19,6 +19,7 @@ Pure: the caller passes the time in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -29,17 +30,23 @@ class Timed(Protocol):
     def on_timeout(self) -> None: ...
 
 
-class Wheel:
-    __slots__ = ("_buckets", "_next", "resolution")
+def _raise(error: Exception) -> None:
+    raise error
 
-    def __init__(self, resolution: float = 0.25, now: float = 0.0) -> None:
+
+class Wheel:
+    __slots__ = ("_buckets", "_next", "on_error", "resolution")
+
+    def __init__(
+        self,
+        resolution: float = 0.25,
+        now: float = 0.0,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.resolution = resolution
+        self.on_error = on_error or _raise
         self._buckets: dict[int, list[Timed]] = {}
         self._next = int(now / resolution)
-
-    def bucket(self, deadline: float) -> int:
-        # the first bucket that ends at or after the deadline (never early)
-        return int(deadline / self.resolution) + 1
 
     def watch(self, item: Timed) -> None:
         """File ``item`` by its current deadline (call after setting an earlier one)."""
@@ -72,7 +79,10 @@ class Wheel:
                 if deadline is None:
                     continue
                 if deadline <= now:
-                    item.on_timeout()
+                    try:
+                        item.on_timeout()
+                    except Exception as error:  # one broken item must not stop the wheel
+                        self.on_error(error)
                 else:
                     self.watch(item)
 

@@ -166,6 +166,17 @@ def _binary_remote_addr(r: Any) -> str:
         return conn.remote_addr
 
 
+def _request_length(r: Any) -> int:
+    """Bytes of the request as received: its line, headers and body (the head is
+    counted from what was parsed: the exact line ends are not kept)."""
+    head = getattr(r, "head", None)
+    if head is None:
+        return 0
+    size = len(head.method) + len(head.target) + 13  # "M T HTTP/1.1\r\n" and "\r\n"
+    size += sum(len(name) + len(value) + 4 for name, value in head.raw_headers)
+    return size + r.body.received
+
+
 def _proxy_add_x_forwarded_for(r: Any) -> str:
     previous = r.headers.get("x-forwarded-for")
     return f"{previous}, {r.conn.remote_addr}" if previous else r.conn.remote_addr
@@ -198,7 +209,7 @@ VARIABLES: dict[str, Getter] = {
     "remote_user": lambda r: "",
     "request": _request_line,
     "request_filename": lambda r: r.request_filename,
-    "request_length": lambda r: str(r.request_length),
+    "request_length": lambda r: str(_request_length(r)),
     "request_method": lambda r: r.method,
     "request_time": lambda r: f"{r.elapsed():.3f}",
     "request_uri": lambda r: r.target_str,

@@ -48,7 +48,7 @@ class WorkerContext:
         self.zones = zones
         self.error_log = error_log
         self.loop = asyncio.get_running_loop()
-        self.wheel = Wheel(TICK, time.monotonic())
+        self.wheel = Wheel(TICK, time.monotonic(), on_error=self._timeout_failed)
         self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()
         self.max_connections = config.worker_connections
@@ -64,6 +64,14 @@ class WorkerContext:
         self._connection_numbers = 0
         self._readers: dict[tuple[int, int], list[RequestReader]] = {}
         self.stopped: asyncio.Future[None] | None = None
+
+    def _timeout_failed(self, error: Exception) -> None:
+        import traceback
+
+        self.error_log.log(
+            "alert",
+            "a timeout handler failed:\n" + "".join(traceback.format_exception(error)).rstrip(),
+        )
 
     def take_reader(self, limits: tuple[int, int]) -> RequestReader:
         pool = self._readers.get(limits)
@@ -270,11 +278,11 @@ class Worker:
     def _tick(self) -> None:
         context = self.context
         assert context is not None and self.loop is not None
+        self.loop.call_later(TICK, self._tick)  # first: nothing below can stop the clock
         context.wheel.expire(time.monotonic())
         self._ticks += 1
         if self._ticks % 4 == 0:
             context.site.flush_logs()
-        self.loop.call_later(TICK, self._tick)
 
     def stop(self, fast: bool) -> None:
         context = self.context

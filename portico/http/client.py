@@ -71,6 +71,7 @@ class ResponseReader:
         "_stopped",
         "events",
         "expect_no_body",
+        "idle",
         "max_head_size",
         "upgrade_data",
     )
@@ -86,6 +87,9 @@ class ResponseReader:
         self._stopped = False
         self._last_head: ResponseHead | None = None
         self.upgrade_data = b""
+        # between two responses: nothing of the next one has begun (a connection may
+        # only go back to the pool then)
+        self.idle = True
 
     def feed(self, data: bytes) -> None:
         if self._stopped:
@@ -135,6 +139,7 @@ class ResponseReader:
     def on_message_begin(self) -> None:
         self._headers = []
         self._in_head = True
+        self.idle = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -179,6 +184,7 @@ class ResponseReader:
         self.events.append(body)
 
     def on_message_complete(self) -> None:
+        self.idle = True
         if (
             self._last_head is not None
             and 100 <= self._last_head.status < 200

@@ -154,7 +154,7 @@ class RequestReader:
         self._head_length = 0  # the head's size, from the callbacks (split-proof)
         # after an Upgrade (or CONNECT) head: parsing waits, bytes are held unparsed
         self.paused = False
-        self.held = b""
+        self.held = bytearray()
 
     def feed(self, data: bytes) -> None:
         try:
@@ -170,19 +170,19 @@ class RequestReader:
 
     def take_held(self) -> bytes:
         """The bytes after an Upgrade head, for a tunnel (the reader stays paused)."""
-        held, self.held = self.held, b""
+        held, self.held = bytes(self.held), bytearray()
         return held
 
     def resume(self) -> None:
         """The Upgrade was not accepted: parse what was held as HTTP again."""
         self.paused = False
-        held, self.held = self.held, b""
+        held, self.held = bytes(self.held), bytearray()
         if held:
             self.feed(held)
 
     def _feed(self, data: bytes) -> None:
         if self.paused:
-            self.held += data
+            self.held += data  # a bytearray: appending does not copy what is held
             return
         if self.in_head:
             # httptools buffers an unfinished header line itself, out of our sight: count
@@ -196,7 +196,7 @@ class RequestReader:
             # httptools stops at the end of the head and hands back the offset of
             # what follows; until the answer is known, that is not ours to parse
             self.paused = True
-            self.held = data[upgrade.args[0] :]
+            self.held = bytearray(data[upgrade.args[0] :])
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__

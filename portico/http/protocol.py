@@ -52,7 +52,7 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CLOSE = b"Connection: close\r\n"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 class HttpConnection(asyncio.Protocol):
@@ -134,6 +134,12 @@ class HttpConnection(asyncio.Protocol):
         try:
             reader.feed(data)
         except ProtocolError as e:
+            current = self.current
+            if current is not None and self.reading is current:
+                # the bad bytes are in the body of the request being answered
+                self._process()
+                self.reject(e)
+                return
             # requests complete before the bad bytes are still answered, in order;
             # the error comes after them (see finish)
             self.pending_error = e
@@ -244,6 +250,7 @@ class HttpConnection(asyncio.Protocol):
         limit = self.binding.body_limit_of(request)
         if limit and body.received + len(data) > limit and not request.headers_sent:
             # a chunked body that grew past client_max_body_size
+            self.abandon(request)
             self.send_error(request, 413)
             return
         body.feed(data)
@@ -252,9 +259,17 @@ class HttpConnection(asyncio.Protocol):
 
     def _flow_control(self) -> None:
         reading = self.reading
+        reader = self.reader
         waiting = (
             self.reading_held
-            or len(self.reader.events) > 0
+            or self.pending_error is not None
+            or (
+                reader is not None
+                and (
+                    len(reader.events) > 0
+                    or len(reader.held) > READ_BUFFER_LIMIT  # after an Upgrade head
+                )
+            )
             or (reading is not None and reading.body.buffered > READ_BUFFER_LIMIT)
         )
         if waiting and not self.reading_paused:
@@ -284,9 +299,12 @@ class HttpConnection(asyncio.Protocol):
         if self.state != CLOSED:
             self._flow_control()
 
-    def hold_reading(self, held: bool) -> None:
-        """A handler cannot take more of the body now (its own peer is slow): stop
-        reading from the client until it says so."""
+    def hold_reading(self, request: Request, held: bool) -> None:
+        """A handler cannot take more of ``request``'s body now (its own peer is slow):
+        stop reading from the client until it says so. A call for a request that is
+        over (it may come late, from an app thread) changes nothing."""
+        if request is not self.current or request.finished:
+            return
         self.reading_held = held
         if self.state != CLOSED:
             self._flow_control()
@@ -331,6 +349,8 @@ class HttpConnection(asyncio.Protocol):
 
     def send_head(self, request: Request, status: int, headers: bytes, length: int | None) -> None:
         """Send the status line and headers; ``length`` None streams the body."""
+        if request.finished or self.state >= LINGER:
+            return  # the connection answered this request itself (see abandon)
         head = self._head(request, status, headers, length)
         self.transport.write(head)
 
@@ -365,6 +385,8 @@ class HttpConnection(asyncio.Protocol):
 
     def send_response(self, request: Request, status: int, headers: bytes, body: bytes) -> None:
         """A whole answer at once: one write, then the request is finished."""
+        if request.finished or self.state >= LINGER:
+            return  # the connection answered this request itself (see abandon)
         head = self._head(request, status, headers, len(body))
         if request.method == "HEAD" or status in BODILESS_STATUSES:
             self.transport.write(head)
@@ -375,7 +397,7 @@ class HttpConnection(asyncio.Protocol):
         self.finish(request)
 
     def send_data(self, request: Request, data: bytes) -> None:
-        if request.method == "HEAD" or not data or self.state == CLOSED:
+        if request.method == "HEAD" or not data or request.finished or self.state >= LINGER:
             return
         request.body_bytes_sent += len(data)
         if request.response_chunked:
@@ -398,8 +420,8 @@ class HttpConnection(asyncio.Protocol):
         if request.cleanups is not None:
             request.run_cleanups()
         if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
-            self.transport.write(_LAST_CHUNK)
-            request.bytes_sent += len(_LAST_CHUNK)
+            self.transport.write(LAST_CHUNK)
+            request.bytes_sent += len(LAST_CHUNK)
         location = request.location
         if location is None or location.access_logs:
             self.worker.site.log(request)
@@ -413,6 +435,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.reading is request:
             request.body.detach()  # the rest of the body is read and dropped
+        if self.reading_held:
+            self.reading_held = False  # a handler's backpressure ends with its request
         if self.pending_error is not None and not self.reader.events:
             self.reject(self.pending_error)
             return
@@ -453,6 +477,22 @@ class HttpConnection(asyncio.Protocol):
             self.worker.give_reader(self.binding.header_limits, reader)
             self.reader = None  # type: ignore[assignment]
 
+    def abandon(self, request: Request) -> None:
+        """The connection ends this request itself (413, 408, a framing error): its
+        handler stops (a proxy exchange drops its upstream, an app stops streaming)."""
+        on_abort = request.on_abort
+        if on_abort is not None:
+            request.on_abort = None
+            on_abort()
+
+    def cut(self, request: Request) -> None:
+        """End an answer that cannot be completed: no last chunk, so that the client
+        sees it truncated rather than whole, and the connection closes."""
+        request.keep_alive = False
+        request.response_chunked = False
+        self.finish(request)
+        self.close()
+
     def send_error(self, request: Request, status: int) -> None:
         """An error answer for a request (error_page applies, via the site)."""
         self.worker.site.send_error(request, status)
@@ -468,6 +508,7 @@ class HttpConnection(asyncio.Protocol):
             return
         request = self.current
         if request is not None and not request.finished:
+            self.abandon(request)
             if not request.headers_sent:
                 request.keep_alive = False
                 self.send_error(request, status)
@@ -513,11 +554,14 @@ class HttpConnection(asyncio.Protocol):
             if request is not None and not request.headers_sent and not request.body.complete:
                 self.worker.site.log_timeout(request, "client timed out sending the body")
                 request.keep_alive = False
+                self.abandon(request)
                 self.send_error(request, 408)
             else:
                 if request is not None:
                     self.worker.site.log_timeout(request, "client timed out reading")
-                self.close()
+                self.abort()
+        elif state == CLOSED:
+            self.abort()  # closed with data the client never took: send_timeout is up
         else:
             self.close()
 
@@ -576,16 +620,26 @@ class HttpConnection(asyncio.Protocol):
         self._set_deadline(timeout)
 
     def close(self) -> None:
+        """Close after what was written is sent; a client that does not take it within
+        send_timeout is cut off (on_timeout in state CLOSED)."""
         if self.state == CLOSED:
             return
         request = self.current
         if self.state == TUNNEL and request is not None and not request.finished:
-            request.finished = True
             self.current = None
-            self.worker.site.log(request)
+            self.worker.site.ended_unanswered(request)
         self.state = CLOSED
         self.deadline = None
-        self.transport.close()
+        transport = self.transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._set_deadline(self.binding.send_timeout_of(request))
+
+    def abort(self) -> None:
+        """Close at once, dropping what the client did not take."""
+        self.close()
+        self.deadline = None
+        self.transport.abort()
 
     def shutdown(self) -> None:
         """Graceful stop: close an idle keep-alive connection now, else after the current

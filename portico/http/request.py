@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from portico.errors import RemoteProtocolError
 from portico.http.parser import RequestHead
 from portico.http.uri import normalize_path, split_target, target_authority
 from portico.routing import normalize_host
@@ -138,7 +139,6 @@ class Request:
         "query",
         "redirects",
         "request_filename",
-        "request_length",
         "response_chunked",
         "response_headers",
         "server",
@@ -169,7 +169,13 @@ class Request:
         host = (
             authority.decode("latin-1") if authority is not None else head.headers.get("host", "")
         )
-        self.host = normalize_host(host) if host else ""
+        if host:
+            name = normalize_host(host)
+            if name is None:
+                raise RemoteProtocolError(f"invalid host in request: {host!r}")
+            self.host = name
+        else:
+            self.host = ""
         self.server: Any = None
         self.location: Any = None
         # the last regex match (location or server_name): $1..$9 and named groups
@@ -187,7 +193,6 @@ class Request:
         self.body_bytes_sent = 0
         self.bytes_sent = 0
         self.finished = False
-        self.request_length = 0
         # filled by handlers, read by variables
         self.document_root = ""
         self.request_filename = ""

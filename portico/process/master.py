@@ -185,7 +185,7 @@ class Master:
                     if not self.workers:
                         break
                     if time.monotonic() > self.stop_deadline:
-                        self._kill_all(signal.SIGKILL)
+                        self._signal_workers(signal.SIGKILL)
                 else:
                     self._respawn_due()
         finally:
@@ -340,12 +340,11 @@ class Master:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, sig)
 
-    def _kill_all(self, sig: int) -> None:
-        self._signal_workers(sig)
-
     # -- signal handlers -----------------------------------------------------------------
 
     def handle_hup(self) -> None:
+        if self._stopping("SIGHUP"):
+            return
         self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
         try:
             if self.config_text is not None:
@@ -358,6 +357,10 @@ class Master:
         except ConfigErrors as e:
             for error in e.errors:
                 self.error_log.log("emerg", str(error))
+            self.error_log.log("alert", "the configuration was not changed")
+            return
+        except Exception as e:  # the master must outlive any reload
+            self.error_log.log("emerg", f"reading the configuration failed: {e!r}")
             self.error_log.log("alert", "the configuration was not changed")
             return
         try:
@@ -402,13 +405,23 @@ class Master:
         self.error_log.reopen()
         self._signal_workers(signal.SIGUSR1)
 
+    def _stopping(self, name: str) -> bool:
+        """Reconfiguring while stopping would start workers only to kill them."""
+        if self.stopping:
+            self.error_log.log("notice", f"{name} ignored: stopping")
+        return self.stopping is not None
+
     def handle_winch(self) -> None:
+        if self._stopping("SIGWINCH"):
+            return
         self.error_log.log("notice", "signal 28 (SIGWINCH) received, stopping workers")
         self.winched = True
         self.respawn_at.clear()
         self._signal_workers(signal.SIGQUIT)
 
     def handle_usr2(self) -> None:
+        if self._stopping("SIGUSR2"):
+            return
         self.error_log.log("notice", "signal 12 (SIGUSR2) received, upgrading the program")
         if self.pid_path and self.pid_path.endswith(".oldbin"):
             self.error_log.log("alert", "an upgrade is already in progress")

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING
 
 from portico.http.client import ResponseHead, ResponseReader
+from portico.http.protocol import LAST_CHUNK
 
 if TYPE_CHECKING:
     from portico.http.request import Request
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from portico.upstream.connection import UpstreamConnection
 
 NON_IDEMPOTENT = frozenset({"POST", "PATCH", "LOCK"})
-_LAST_CHUNK = b"0\r\n\r\n"
 
 
 class ProxyExchange:
@@ -49,6 +49,7 @@ class ProxyExchange:
         "finished",
         "group",
         "handler",
+        "has_body",
         "keep_alive_upstream",
         "kept",
         "kept_size",
@@ -90,10 +91,14 @@ class ProxyExchange:
         self.keep_alive_upstream = True
         self.connect_timer: asyncio.TimerHandle | None = None
         body = request.body
-        self.body_done = body.complete
-        self.chunked_body = request.head.chunked
+        # after an error_page redirect the method is GET and no body goes on (nginx)
+        self.has_body = not request.error_status and (
+            request.head.chunked or bool(request.content_length)
+        )
+        self.body_done = not self.has_body or body.complete
+        self.chunked_body = self.has_body and request.head.chunked
         # the body as sent so far, while it is small enough to send again
-        self.kept: list[bytes] | None = [] if not body.complete else None
+        self.kept: list[bytes] | None = [] if self.has_body else None
         self.kept_size = 0
         self.last_status = 502  # what the client gets if no peer is left: 504 after a timeout
         # per attempt, for $upstream_addr, $upstream_status, $upstream_response_time
@@ -179,36 +184,40 @@ class ProxyExchange:
         upstream.exchange = self
         upstream.requests += 1
         request = self.request
-        if request.method == "HEAD" or upstream.reader is None:
-            upstream.reader = ResponseReader(expect_no_body=request.method == "HEAD")
+        if request.method == "HEAD":
+            upstream.reader = ResponseReader(expect_no_body=True)
         template = self.handler.request_template
         body = request.body
         head = template.head(
             request,
             request.method,
             template.target(request),
-            None if self.chunked_body else request.content_length,
+            None if self.chunked_body or request.error_status else request.content_length,
             self.chunked_body,
             self.upgrade,
         )
-        upstream.set_deadline("read", self.read_timeout)
-        if not self.request_sent and not body.attached:
+        # proxy_read_timeout counts once the whole request is out (nginx)
+        self.expect_answer(upstream)
+        if not self.request_sent:
             # the first time: the body streams as it arrives (and is kept while small)
             upstream.write(head)
             self.request_sent = True
-            if not body.complete or body.received:
+            if self.has_body:
                 body.attach(self.body_data, self.body_end)
             return
         # a later attempt: the body so far was kept (whole, or all of it up to now while
         # it is still arriving: body_data goes on writing to this new connection)
-        if self.kept is None and not self._no_body():
-            self.attempt_failed("error", "the request body was too large to send again")
+        if self.kept is None and self.has_body:
+            # our own limit, not the peer's fault
+            self.attempt_failed(
+                "error", "the request body was too large to send again", failed=False
+            )
             return
         parts = [head]
         if self.kept:
             parts.extend(self.frame(chunk) for chunk in self.kept)
         if self.chunked_body and self.body_done:
-            parts.append(_LAST_CHUNK)
+            parts.append(LAST_CHUNK)
         upstream.write(b"".join(parts))
         self.request_sent = True
 
@@ -233,14 +242,25 @@ class ProxyExchange:
         upstream.write(self.frame(chunk))
         if upstream.write_paused:
             conn = self.conn
-            conn.hold_reading(True)
-            upstream.when_writable(lambda: conn.hold_reading(False))
+            request = self.request
+            conn.hold_reading(request, True)
+            upstream.when_writable(lambda: conn.hold_reading(request, False))
 
     def body_end(self) -> None:
         self.body_done = True
         upstream = self.upstream
-        if self.chunked_body and upstream is not None and not upstream.closed:
-            upstream.write(_LAST_CHUNK)
+        if upstream is not None and not upstream.closed:
+            if self.chunked_body:
+                upstream.write(LAST_CHUNK)
+            self.expect_answer(upstream)
+
+    def expect_answer(self, upstream: UpstreamConnection) -> None:
+        """The read timeout runs once the request is all sent (until then, only
+        proxy_send_timeout applies, while the upstream does not take what we write)."""
+        if self.body_done:
+            upstream.set_deadline("read", self.read_timeout)
+        else:
+            upstream.deadline = None
 
     # -- the response ----------------------------------------------------------------
 
@@ -253,7 +273,7 @@ class ProxyExchange:
             self.attempt_failed(
                 f"http_{status}",
                 f"upstream answered {status}",
-                failed=status in (500, 502, 503, 504),
+                failed=status in (500, 502, 503, 504, 429),
                 log_level="warn",
             )
             return True
@@ -333,6 +353,7 @@ class ProxyExchange:
                 and self.body_done
                 and self.keep_alive_upstream
                 and not upstream.reader.events
+                and upstream.reader.idle
             ):
                 upstream.deadline = None
                 self.group.release(upstream)
@@ -358,16 +379,15 @@ class ProxyExchange:
                 # nginx counts no failure once the answer has begun: a cut answer does
                 # not take the peer out
                 self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
-            self.request.keep_alive = False
-            self.conn.finish(self.request)
-            self.conn.close()
+            self.conn.cut(self.request)
             return
         if (
             kind == "error"
             and self.reused
             and not self.retried_reuse
+            and self._may_send_again()
             and upstream is not None
-            and (self._no_body() or self.kept is not None)
+            and (not self.has_body or self.kept is not None)
             and not upstream.reader.events
         ):
             # the peer closed a kept-alive connection as we reused it: try a new one
@@ -405,6 +425,14 @@ class ProxyExchange:
             return
         self.fail(self.last_status)
 
+    def _may_send_again(self) -> bool:
+        """nginx's rule for a request that reached a peer: only an idempotent method
+        goes out again, unless proxy_next_upstream says non_idempotent."""
+        return (
+            self.request.method not in NON_IDEMPOTENT
+            or "non_idempotent" in self.handler.next_upstream
+        )
+
     def can_retry(self, kind: str) -> bool:
         handler = self.handler
         if kind not in handler.next_upstream or self.finished:
@@ -415,23 +443,11 @@ class ProxyExchange:
             return False
         if handler.next_timeout and time.monotonic() - self.started >= handler.next_timeout:
             return False
-        if self.request_sent:
-            if (
-                self.request.method in NON_IDEMPOTENT
-                and "non_idempotent" not in handler.next_upstream
-            ):
-                return False
-            if not self._resendable():
-                return False
-        return True
-
-    def _no_body(self) -> bool:
-        body = self.request.body
-        return body.complete and not body.received
+        return not self.request_sent or (self._may_send_again() and self._resendable())
 
     def _resendable(self) -> bool:
         """Whether the request can be written again: no body, or all of it kept."""
-        return self._no_body() or (self.body_done and self.kept is not None)
+        return not self.has_body or (self.body_done and self.kept is not None)
 
     def fail(self, status: int) -> None:
         if self.finished:
@@ -475,6 +491,8 @@ class ProxyExchange:
         if self.peer is not None:
             self.group.done(self.peer, elapsed, False)
         headers = self._headers(head)
-        Tunnel(
-            self.conn, self.request, upstream, headers, self.upgrade or "", self.read_timeout
-        ).start()
+        upgrade = next(
+            (value.decode("latin-1") for name, value in head.headers if name.lower() == b"upgrade"),
+            self.upgrade or "",
+        )
+        Tunnel(self.conn, self.request, upstream, headers, upgrade, self.read_timeout).start()

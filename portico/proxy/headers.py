@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from portico.http.uri import quote_path
+from portico.http.uri import quote_path, split_target
 from portico.variables import Template, compile_template
 
 HOP_BY_HOP = frozenset(
@@ -79,11 +79,17 @@ class RequestTemplate:
     def target(self, request: Any) -> bytes:
         """The request-target to send."""
         if self.uri is None:
+            target: bytes = request.target
             if request.redirects:
                 # after an internal redirect the original target no longer applies
                 path = quote_path(request.path)
                 return (path + ("?" + request.query if request.query else "")).encode()
-            return request.target  # type: ignore[no-any-return]
+            if target[:1] != b"/":
+                # an absolute-form target ("GET http://host/x"): the upstream gets the
+                # origin form, or its authority would override our Host header
+                raw_path, raw_query = split_target(target)
+                return raw_path + (b"?" + raw_query if raw_query else b"")
+            return target
         path = request.path
         rest = path[len(self.prefix) :] if path.startswith(self.prefix) else path
         target = quote_path(self.uri + rest)

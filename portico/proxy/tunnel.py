@@ -58,8 +58,9 @@ class Tunnel:
         self.client.set_tunnel_deadline(self.idle_timeout)
         if upstream.write_paused:
             client = self.client
-            client.hold_reading(True)
-            upstream.when_writable(lambda: client.hold_reading(False))
+            request = self.request
+            client.hold_reading(request, True)
+            upstream.when_writable(lambda: client.hold_reading(request, False))
 
     def to_client(self, data: bytes) -> None:
         client = self.client

@@ -66,12 +66,43 @@ class CachedFile:
         self.body = body
 
 
+class FileCache:
+    """The worker's cache of file heads and small file bodies, shared by its static
+    locations; bounded in entries and bytes (emptied when full: files that are asked
+    for come back at once)."""
+
+    __slots__ = ("_bytes", "_entries", "_tables")
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[Any, ...], dict[str, CachedFile]] = {}
+        self._entries = 0
+        self._bytes = 0
+
+    def table(self, settings: tuple[Any, ...]) -> dict[str, CachedFile]:
+        """The table for locations with these settings (types, default type, etag)."""
+        return self._tables.setdefault(settings, {})
+
+    def put(self, table: dict[str, CachedFile], filename: str, entry: CachedFile) -> None:
+        if self._entries >= CACHE_ENTRIES or self._bytes > CACHE_BYTES:
+            for each in self._tables.values():
+                each.clear()
+            self._entries = self._bytes = 0
+        old = table.get(filename)
+        if old is None:
+            self._entries += 1
+        elif old.body is not None:
+            self._bytes -= len(old.body)
+        table[filename] = entry
+        if entry.body is not None:
+            self._bytes += len(entry.body)
+
+
 class StaticHandler:
     """The content handler of a location that neither proxies nor runs an app."""
 
     __slots__ = (
         "_cache",
-        "_cached_bytes",
+        "_store",
         "alias",
         "autoindex",
         "default_type",
@@ -87,7 +118,9 @@ class StaticHandler:
         "types",
     )
 
-    def __init__(self, values: Mapping[str, Any], location_prefix: str | None) -> None:
+    def __init__(
+        self, values: Mapping[str, Any], location_prefix: str | None, cache: FileCache
+    ) -> None:
         self.root: str | Template = values["root"]
         self.alias: str | Template | None = values.get("alias")
         # for alias in a prefix location: the part of the URI that alias replaces
@@ -102,16 +135,15 @@ class StaticHandler:
         self.ims_mode: str = values["if_modified_since"]
         self.symlinks: DisableSymlinks = values["disable_symlinks"]
         self.log_not_found: bool = values["log_not_found"]
-        self._cache: dict[str, CachedFile] = {}
-        self._cached_bytes = 0
+        # what a cached entry depends on besides the file: locations alike share a table
+        self._store = cache
+        self._cache = cache.table((id(self.types), self.default_type, self.etag))
 
     # -- entry ---------------------------------------------------------------------
 
     def handle(self, request: Request) -> None:
-        method = request.method
-        if method != "GET" and method != "HEAD":
-            request.conn.send_error(request, 405)
-            return
+        # try_files comes first (nginx runs it in an earlier phase): its fallback may
+        # take any method; a file itself is only for GET and HEAD
         if self.try_files is not None:
             self._try_files(request, self.try_files)
             return
@@ -138,7 +170,10 @@ class StaticHandler:
             request.document_root = filename
         else:
             request.document_root = alias
-            filename = alias + uri[len(self.location_prefix) :]
+            rest = uri[len(self.location_prefix) :]
+            # "location /img { alias /data/images/; }" and "/img../x": the URI has no
+            # ".." segment, but joined to the alias it would climb out of it: no file
+            filename = "" if rest.startswith("..") else alias + rest
         request.request_filename = filename
         return filename
 
@@ -146,6 +181,10 @@ class StaticHandler:
 
     def _serve(self, request: Request, filename: str, uri: str) -> None:
         conn = request.conn
+        method = request.method
+        if method != "GET" and method != "HEAD":
+            conn.send_error(request, 405)
+            return
         try:
             st = os.stat(filename)
         except OSError as e:
@@ -167,7 +206,7 @@ class StaticHandler:
         if entry is None or entry.key != key:
             entry = self._load(filename, key, st.st_mtime, st.st_size)
         headers = request.headers
-        if headers:
+        if headers and not request.error_status:
             for name in _CONDITIONAL:
                 if name in headers:
                     status = evaluate_preconditions(
@@ -258,16 +297,7 @@ class StaticHandler:
             except OSError:
                 body = None
         entry = CachedFile(key, encode_headers(lines), etag, mtime, size, body)
-        cache = self._cache
-        if len(cache) >= CACHE_ENTRIES or self._cached_bytes > CACHE_BYTES:
-            cache.clear()
-            self._cached_bytes = 0
-        old = cache.get(filename)
-        if old is not None and old.body is not None:
-            self._cached_bytes -= len(old.body)
-        cache[filename] = entry
-        if body is not None:
-            self._cached_bytes += len(body)
+        self._store.put(self._cache, filename, entry)
         return entry
 
     def _precondition(self, request: Request, status: int, entry: CachedFile) -> None:
@@ -342,7 +372,10 @@ class StaticHandler:
         if not stat.S_ISDIR(st.st_mode):
             request.conn.send_error(request, 404)
         elif self.autoindex:
-            self._listing(request, directory, uri)
+            if request.method not in ("GET", "HEAD"):
+                request.conn.send_error(request, 405)
+            else:
+                self._listing(request, directory, uri)
         else:
             site.error(request, f'directory index of "{directory}" is forbidden')
             request.conn.send_error(request, 403)

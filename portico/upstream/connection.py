@@ -34,9 +34,9 @@ class UpstreamConnection(asyncio.Protocol):
         "drain_waiters",
         "exchange",
         "group",
-        "idle_since",
         "peer",
         "reader",
+        "reading_paused",
         "requests",
         "timeout_kind",
         "transport",
@@ -56,8 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline: float | None = None
         self.wheel_slot = 0
         self.timeout_kind = ""
-        self.idle_since = 0.0
         self.write_paused = False
+        self.reading_paused = False
         self.drain_waiters: list[Callable[[], None]] = []
         self.tunnel: Any = None
 
@@ -86,7 +86,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _deliver(self, exchange: ProxyExchange) -> None:
         events = self.reader.events
-        if len(events) >= 2 and events[-1] is END and events[0].__class__ is ResponseHead:
+        if (
+            len(events) >= 2
+            and events[-1] is END
+            and events[0].__class__ is ResponseHead
+            and all(event.__class__ is bytes for event in list(events)[1:-1])
+        ):
             # the whole response arrived at once: answer the client in one write
             head = events.popleft()
             events.pop()
@@ -149,7 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_paused = False
         exchange = self.exchange
         if exchange is not None and self.timeout_kind == "send":
-            self.set_deadline("read", exchange.read_timeout)
+            exchange.expect_answer(self)
         waiters = self.drain_waiters
         if waiters:
             self.drain_waiters = []
@@ -175,12 +180,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.drain_waiters.append(callback)
 
     def pause_reading(self) -> None:
-        if not self.closed:
+        """Our client is slow: stop reading (its send_timeout bounds the wait, so the
+        upstream's read timeout does not run meanwhile)."""
+        if not self.closed and not self.reading_paused:
+            self.reading_paused = True
+            self.deadline = None
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if not self.closed:
+        if not self.closed and self.reading_paused:
+            self.reading_paused = False
             self.transport.resume_reading()
+            exchange = self.exchange
+            if exchange is not None:
+                exchange.expect_answer(self)
 
     def set_deadline(self, kind: str, timeout: float) -> None:
         self.timeout_kind = kind

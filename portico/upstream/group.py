@@ -134,6 +134,8 @@ class UpstreamGroup:
         conn.exchange = None
         if conn.closed:
             return
+        if conn.reading_paused:
+            conn.resume_reading()  # paused for the last client; the next starts afresh
         if self.keepalive <= 0 or conn.requests >= self.keepalive_requests:
             conn.close()
             return

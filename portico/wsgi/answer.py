@@ -11,12 +11,12 @@ with the connection for HTTP/1.0 ones (the connection decides).
 
 from __future__ import annotations
 
-import traceback
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from portico.http.protocol import CLOSED
-from portico.http.response import encode_headers
+from portico.http.response import BODILESS_STATUSES, encode_headers
 from portico.http.sendfile import send_file
 from portico.wsgi.call import DATA, END, ERROR, FILE, HEAD, WHOLE, WsgiCall
 
@@ -71,10 +71,21 @@ class WsgiAnswer:
         headers = [(n, v) for n, v in call.headers if n.lower() not in _FRAMING]
         return int(call.status[:3]), encode_headers(headers)
 
+    def broken(self, text: str) -> None:
+        """Handling an event failed (a bug of ours): log it, end the answer."""
+        self._log_error(text)
+        self.done = True
+        if not self.sent_head:
+            self.conn.send_error(self.request, 500)
+        else:
+            self._cut()
+
     def handle(self, kind: int, payload: Any) -> None:
         if self.done:
             if kind == ERROR:
                 self._log_error(payload)
+            elif kind == FILE:
+                os.close(payload[0])  # the client went away: the copy is ours to close
             return
         conn = self.conn
         request = self.request
@@ -83,7 +94,8 @@ class WsgiAnswer:
             self.sent_head = True
             self.done = True
             declared = self.call.declared_length()  # type: ignore[union-attr]
-            if request.method == "HEAD":
+            if request.method == "HEAD" or status in BODILESS_STATUSES:
+                # no body, whatever Content-Length says (a HEAD keeps the GET's length)
                 conn.send_head(request, status, headers, declared)
                 conn.finish(request)
             elif declared is None or declared == len(payload):
@@ -123,6 +135,7 @@ class WsgiAnswer:
             if (
                 declared is not None
                 and request.method != "HEAD"
+                and request.status not in BODILESS_STATUSES
                 and request.body_bytes_sent < declared
             ):
                 # the app promised more than it gave: the client must not wait for it
@@ -163,13 +176,7 @@ class WsgiAnswer:
             self._cut()
 
     def _cut(self) -> None:
-        """End an answer that cannot be completed: no last chunk (the client must see
-        it truncated), then close."""
-        request = self.request
-        request.keep_alive = False
-        request.response_chunked = False
-        self.conn.finish(request)
-        self.conn.close()
+        self.conn.cut(self.request)
 
     def _short(self, status: int, headers: bytes, declared: int, body: bytes) -> None:
         """The app gave less than its Content-Length: send it, then cut."""
@@ -184,7 +191,3 @@ class WsgiAnswer:
         self.conn.worker.site.error(
             self.request, "the app raised an exception:\n" + text.rstrip(), level="error"
         )
-
-
-def format_exception() -> str:
-    return traceback.format_exc()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import stat
 import threading
 import traceback
@@ -41,6 +42,8 @@ WHOLE, HEAD, DATA, END, FILE, ERROR = range(6)
 BUFFER_LIMIT = 1024 * 1024
 INLINE_SLICE = 256 * 1024
 _NOTHING = object()
+# RFC 9110: field-name = token
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -96,7 +99,7 @@ def check_headers(status: Any, headers: Any) -> None:
         name, value = item
         if name.lower() in _HOP_BY_HOP:
             raise AssertionError(f"hop-by-hop header {name!r} is not allowed from an app")
-        if "\n" in value or "\r" in value or not name or ":" in name or " " in name:
+        if _TOKEN.fullmatch(name) is None or "\n" in value or "\r" in value or "\0" in value:
             raise AssertionError(f"invalid header {item!r}")
 
 
@@ -187,7 +190,7 @@ class WsgiCall:
                         self._data(chunk)
                         self._wait()
                 self._end()
-        except Exception:
+        except BaseException:  # SystemExit from an app must not leave a client waiting
             self._failed()
         finally:
             self._close()

@@ -8,13 +8,19 @@ exits. Errors name the ``wsgi`` directive's file:line and the app's own failing 
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
+import time
 from collections.abc import Iterator
 
 from portico.config.directives import WsgiApp
 from portico.config.model import Config, LocationConf
 from portico.errors import ConfigError
 from portico.wsgi.app import AppLoadError, load_app
+
+CHECK_TIMEOUT = 60.0
 
 
 def apps(config: Config) -> Iterator[tuple[WsgiApp, tuple[str, ...]]]:
@@ -45,8 +51,9 @@ def check_here(config: Config) -> list[ConfigError]:
     return errors
 
 
-def check_in_child(config: Config) -> list[ConfigError]:
-    """Like check_here, in a forked child, so this process imports nothing."""
+def check_in_child(config: Config, timeout: float = CHECK_TIMEOUT) -> list[ConfigError]:
+    """Like check_here, in a forked child, so this process imports nothing. An import
+    that does not finish within ``timeout`` seconds is an error too."""
     if next(apps(config), None) is None:
         return []
     read_end, write_end = os.pipe()
@@ -55,21 +62,30 @@ def check_in_child(config: Config) -> list[ConfigError]:
         code = 0
         try:
             os.close(read_end)
-            lines = [f"{e.file}\0{e.line}\0{e.message}" for e in check_here(config)]
-            os.write(write_end, "\n".join(lines).encode("utf-8", "backslashreplace"))
+            found = [[e.file, e.line, e.message] for e in check_here(config)]
+            os.write(write_end, json.dumps(found).encode())
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(write_end)
     data = b""
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_end, "rb", buffering=0) as f:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([f], [], [], max(0.0, remaining))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return [
+                    ConfigError(f"importing the wsgi apps took more than {timeout:g}s", config.path)
+                ]
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            data += chunk
     _, status = os.waitpid(pid, 0)
     if status != 0:
         return [ConfigError("checking the wsgi apps failed", config.path)]
-    errors = []
-    for line in data.decode("utf-8").splitlines():
-        file, number, message = line.split("\0", 2)
-        errors.append(ConfigError(message, file or None, int(number) if number else None))
-    return errors
+    return [ConfigError(message, file or None, line) for file, line, message in json.loads(data)]

@@ -94,31 +94,3 @@ def build_environ(
     if request.head.chunked:
         environ.pop("CONTENT_LENGTH", None)
     return environ
-
-
-def wsgi_errors_stream(log: Any) -> Any:
-    """``wsgi.errors``: a text stream whose lines go to the error log."""
-    return _ErrorStream(log)
-
-
-class _ErrorStream:
-    def __init__(self, log: Any) -> None:
-        self._log = log
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        while "\n" in self._pending:
-            line, self._pending = self._pending.split("\n", 1)
-            if line:
-                self._log.log("error", line)
-        return len(text)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._log.log("error", self._pending)
-            self._pending = ""

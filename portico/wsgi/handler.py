@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from portico.wsgi.answer import WsgiAnswer
 from portico.wsgi.call import FileWrapper, WsgiCall
-from portico.wsgi.environ import base_environ, build_environ, wsgi_errors_stream
+from portico.wsgi.environ import base_environ, build_environ
+from portico.wsgi.errors import wsgi_errors_stream
 from portico.wsgi.input import EMPTY, StreamingInput
 from portico.wsgi.pool import AppPool
 
@@ -59,7 +60,7 @@ class WsgiHandler:
             return
         loop_call = request.conn.worker.loop.call_soon_threadsafe
         stream = StreamingInput(
-            lambda held: loop_call(request.conn.hold_reading, held),
+            lambda held: loop_call(request.conn.hold_reading, request, held),
             request.location.client_body_timeout,
         )
         body.attach(stream.feed, stream.end)

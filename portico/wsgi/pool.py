@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -74,9 +75,9 @@ class AppPool:
             try:
                 handle(kind, payload)
             except Exception:  # one broken answer must not lose the others' events
-                import traceback
-
-                traceback.print_exc()
+                on_error = getattr(handle, "__self__", None)
+                if on_error is not None and hasattr(on_error, "broken"):
+                    on_error.broken(traceback.format_exc())
 
     def shutdown(self, timeout: float = 5.0) -> None:
         for _ in self._threads:

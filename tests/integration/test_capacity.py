@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_response
 
 
@@ -262,3 +264,89 @@ def test_workers_run_as_the_configured_user(portico) -> None:  # type: ignore[no
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert read_response(s)[0] == 200
+
+
+REVIEW_APP = """
+import sys
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/inject":
+        start_response("200 OK", [("X-A\\r\\nSet-Cookie", "evil=1")])
+        return [b"no"]
+    if path == "/exit":
+        sys.exit(3)
+    if path == "/not-modified":
+        start_response("304 Not Modified", [("Content-Length", "1234")])
+        return [b""]
+    if path.endswith("/noread"):
+        start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+        return [b"go away"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"fine"]
+"""
+
+
+@pytest.fixture
+def review_app(tmp_path: Path, portico):  # type: ignore[no-untyped-def]
+    (tmp_path / "reviewapp.py").write_text(REVIEW_APP)
+    return portico(
+        "worker_processes 1;\nerror_log {dir}/error.log info;\nevents {{ }}\n"
+        "http {{ client_max_body_size 10m; server {{ listen 127.0.0.1:{port};\n"
+        "  location / {{ wsgi_path {root}; wsgi reviewapp:app; }}\n"
+        "  location /stream/ {{ wsgi_path {root}; wsgi_request_buffering off;\n"
+        "      wsgi reviewapp:app; }} }} }}"
+    )
+
+
+def one(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        return read_response(s)
+
+
+def test_an_app_header_name_cannot_split_the_response(review_app) -> None:  # type: ignore[no-untyped-def]
+    status, headers, _ = one(review_app.port, b"GET /inject HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 500 and "set-cookie" not in headers
+
+
+def test_an_app_that_exits_gets_500_not_silence(review_app) -> None:  # type: ignore[no-untyped-def]
+    status, _, _ = one(review_app.port, b"GET /exit HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 500
+
+
+def test_a_304_from_an_app_keeps_the_connection(review_app) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_connection(("127.0.0.1", review_app.port), timeout=10) as s:
+        s.sendall(b"GET /not-modified HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 304
+        s.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[2] == b"fine"
+
+
+def test_an_app_that_does_not_read_the_body_lets_the_next_request_through(review_app) -> None:  # type: ignore[no-untyped-def]
+    # streaming input: the app answers without reading a 2 MB body; the client sends
+    # all of it and then a second request on the same connection
+    body = b"x" * (2 * 1024 * 1024)
+    with socket.create_connection(("127.0.0.1", review_app.port), timeout=10) as s:
+        s.sendall(
+            b"POST /stream/noread HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        sender = threading.Thread(target=s.sendall, args=(body,), daemon=True)
+        sender.start()
+        assert read_response(s)[0] == 401
+        sender.join(10)
+        s.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, timeout=5)[2] == b"fine"
+
+
+def test_bad_chunk_framing_in_a_body_being_read_is_answered_at_once(review_app) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_connection(("127.0.0.1", review_app.port), timeout=10) as s:
+        s.sendall(
+            b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        time.sleep(0.2)
+        started = time.monotonic()
+        s.sendall(b"ZZ\r\n")
+        status, headers, _ = read_response(s)
+        assert status == 400 and headers["connection"] == "close"
+        assert time.monotonic() - started < 1.0

@@ -122,3 +122,16 @@ def test_unlimited_locations_are_not_affected(tmp_path: Path, portico) -> None: 
         response.read()
         assert response.status == 404
     conn.close()
+
+
+def test_limit_conn_is_released_by_requests_that_end_without_an_answer(portico) -> None:  # type: ignore[no-untyped-def]
+    server = portico(
+        "events {{ }} http {{ limit_conn_zone $binary_remote_addr zone=one:1m;\n"
+        "server {{ listen 127.0.0.1:{port}; limit_conn one 1;\n"
+        "  location /close {{ return 444; }}\n"
+        '  location /ok {{ return 200 "ok"; }} }} }}'
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100) == b""  # closed without an answer
+    assert fresh_status(server.port, "/ok") == 200  # the slot came back

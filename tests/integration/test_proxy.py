@@ -103,11 +103,7 @@ def read_response(sock: socket.socket, method: str = "GET") -> Response:
 def upload(
     port: int, path: str, head: bytes, body: Iterable[bytes], method: str = "POST"
 ) -> Response:
-    """Send a request head, then (once portico has surely connected upstream) its body.
-
-    The pause keeps these tests clear of the bug that
-    ``test_a_large_body_sent_with_the_head_reaches_the_backend`` shows.
-    """
+    """Send a request head, then, a moment later, its body."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(
             b"%s %s HTTP/1.1\r\nHost: t\r\n%sConnection: close\r\n\r\n"
@@ -596,6 +592,10 @@ http {{
         listen 127.0.0.1:{port};
         proxy_read_timeout 5s;
         location /ka/ {{ proxy_pass http://ka; }}
+        location /ka-post/ {{
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_pass http://ka;
+        }}
         location /plain/ {{ proxy_pass http://plain; }}
     }}
 }}
@@ -625,14 +625,17 @@ def test_keepalive_reuses_upstream_connections(portico, backends) -> None:
     assert backend.stats.connections - before == 10
 
 
-def post_on_one_connection(port: int, count: int, pause: float) -> list[tuple[int, str]]:
+def post_on_one_connection(
+    port: int, count: int, pause: float, prefix: str = "/ka-post/"
+) -> list[tuple[int, str]]:
     """POSTs on one client connection, each body ``pause`` seconds after its head (0:
     in the same write); returns (status, body the backend saw) for each."""
     results = []
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         for i in range(count):
             body = b"body %d" % i
-            head = b"POST /ka/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (
+            head = b"POST %s%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (
+                prefix.encode(),
                 i,
                 len(body),
             )
@@ -663,10 +666,14 @@ def test_a_peer_closing_a_kept_alive_connection_costs_the_client_nothing(portico
     finally:
         conn.close()
     assert backend.stats.dropped >= 10  # the reuse was tried, and failed, many times
-    # a POST whose body came with its head is sent again just the same
+    # a POST is sent again only where non_idempotent allows it (nginx's rule: the dead
+    # connection may have been closed after the peer had read the request)
     results = post_on_one_connection(server.port, 10, pause=0)
     assert results == [(200, f"body {i}") for i in range(10)]
     assert "[error]" not in error_log(server), error_log(server)
+    refused = post_on_one_connection(server.port, 2, pause=0, prefix="/ka/")
+    assert refused[0] == (502, "")
+    assert "upstream prematurely closed connection" in error_log(server)
 
 
 def test_a_peer_closing_a_kept_alive_connection_during_a_slow_upload(portico, backends) -> None:
@@ -1082,3 +1089,61 @@ def test_proxy_http_version_1_0(portico, backends) -> None:  # type: ignore[no-u
         assert ["Connection", "close"] in seen["headers"]
     finally:
         conn.close()
+
+
+def test_a_refused_upload_does_not_take_peers_out(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    # a chunked body over client_max_body_size gets 413 from portico itself: the
+    # exchange already under way upstream is dropped, and no peer is blamed
+    a, b = backends("a"), backends("b")
+    server = portico(
+        "events {{}} http {{ client_max_body_size 1k; proxy_read_timeout 1s;\n"
+        "upstream up {{ server {a}; server {b}; }}\n"
+        "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; }} }} }}",
+        a=a.address,
+        b=b.address,
+    )
+    chunk = b"800\r\n" + b"x" * 0x800 + b"\r\n"
+    for _ in range(2):
+        response = upload(server.port, "/echo", b"Transfer-Encoding: chunked\r\n", [chunk])
+        assert response.status == 413
+    time.sleep(1.5)  # past proxy_read_timeout: a forgotten exchange would fail by now
+    for _ in range(4):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        conn.request("GET", "/echo")
+        assert conn.getresponse().status == 200
+        conn.close()
+    assert "no live upstreams" not in error_log(server)
+
+
+def test_a_slow_upload_is_not_cut_by_the_read_timeout(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    # proxy_read_timeout counts once the whole request is out, as nginx
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{ client_body_timeout 3s; proxy_read_timeout 1s;\n"
+        "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }} }}",
+        a=backend.address,
+    )
+
+    def slowly() -> Iterable[bytes]:
+        for _ in range(4):
+            time.sleep(0.5)
+            yield b"abcd"
+
+    response = upload(server.port, "/upload", b"Content-Length: 16\r\n", slowly())
+    assert response.status == 200
+    assert response.json()["body_size"] == 16
+
+
+def test_an_absolute_form_target_goes_upstream_in_origin_form(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port};\n"
+        "  location / {{ proxy_pass http://{a}; }} }} }}",
+        a=backend.address,
+    )
+    response = raw_exchange(
+        server.port,
+        b"GET http://evil.example/echo?q=1 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    assert response.status == 200
+    assert response.json()["target"] == "/echo?q=1"

@@ -218,3 +218,21 @@ def test_wildcard_and_specific_address_on_one_port(portico) -> None:
         conn.request("GET", "/")
         assert conn.getresponse().read() == body
         conn.close()
+
+
+@pytest.mark.parametrize("host", ["a/../../data", "..", "a b", "x\\y", ".hidden"])
+def test_an_invalid_host_gets_400(server, host: str) -> None:
+    data = raw_request(server.port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert parse_response(data)[0] == 400
+
+
+def test_a_redirect_to_a_path_is_made_absolute(portico) -> None:  # type: ignore[no-untyped-def]
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port};\n"
+        "  location /old {{ return 301 /new; }}\n"
+        "  location /rel {{ absolute_redirect off; return 302 /there; }} }} }}"
+    )
+    response, _ = get(server, "/old", host="example.test")
+    assert response.getheader("Location") == f"http://example.test:{server.port}/new"
+    response, _ = get(server, "/rel", host="example.test")
+    assert response.getheader("Location") == "/there"

@@ -291,3 +291,46 @@ def test_access_log_combined(site) -> None:
     line = lines[-1]
     assert line.startswith("127.0.0.1 - - [")
     assert '"GET /hello.txt HTTP/1.1" 200 13 "http://r/" "ua \\x22quoted\\x22"' in line
+
+
+def test_alias_cannot_be_left_through_a_prefix_without_slash(tmp_path: Path, portico) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "cat.gif").write_bytes(b"GIF89a")
+    (tmp_path / "data" / "secret.txt").write_text("top secret")
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port};\n"
+        "  location /img {{ alias {root}/data/images/; }} }} }}"
+    )
+    assert get(server, "/img/cat.gif")[1] == b"GIF89a"
+    response, body = get(server, "/img../secret.txt")
+    assert response.status == 404 and b"top secret" not in body
+
+
+def test_an_error_page_is_never_304_or_206(tmp_path: Path, portico) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "404.html").write_text("not here")
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port}; root {root}/www;\n"
+        "  error_page 404 /404.html; }} }}"
+    )
+    page, _ = get(server, "/404.html")
+    validators = {
+        "If-None-Match": page.getheader("ETag"),
+        "If-Modified-Since": page.getheader("Last-Modified"),
+    }
+    for name, value in validators.items():
+        response, body = get(server, "/missing", {name: value})
+        assert (response.status, body) == (404, b"not here"), name
+    response, body = get(server, "/missing", {"Range": "bytes=0-3"})
+    assert (response.status, body) == (404, b"not here")
+
+
+def test_try_files_sends_any_method_to_its_fallback(tmp_path: Path, portico) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "www").mkdir()
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port}; root {root}/www;\n"
+        "  location / {{ try_files $uri @app; }}\n"
+        '  location @app {{ return 200 "app saw $request_method"; }} }} }}'
+    )
+    response, body = get(server, "/form", method="POST")
+    assert (response.status, body) == (200, b"app saw POST")

@@ -24,10 +24,21 @@ def selector(*servers: Named, default: Named | None = None) -> ServerSelector[Na
         ("Example.COM:8080", "example.com"),
         ("example.com.", "example.com"),
         ("[::1]:80", "[::1]"),
-        ("", ""),
+        ("127.0.0.1", "127.0.0.1"),
+        ("a_b-c.test:", "a_b-c.test"),
+        # what nginx refuses (400): it could reach a path through $host
+        ("a/../../data", None),
+        ("..", None),
+        (".example.com", None),
+        ("a..b", None),
+        ("a b", None),
+        ("a\\b", None),
+        ("a\x00b", None),
+        ("host:port", None),
+        ("[::1", None),
     ],
 )
-def test_normalize_host(host: str, expected: str) -> None:
+def test_normalize_host(host: str, expected: str | None) -> None:
     assert normalize_host(host) == expected
 
 

@@ -31,8 +31,8 @@ from portico.wsgi.environ import (
     build_environ,
     header_key,
     to_wsgi_str,
-    wsgi_errors_stream,
 )
+from portico.wsgi.errors import wsgi_errors_stream
 from portico.wsgi.input import EMPTY
 
 
