@@ -410,3 +410,34 @@ def test_reuseport_gives_each_worker_its_own_socket(portico) -> None:  # type: i
     wait_until(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids())
     for _ in range(20):
         assert get(server.port, "/")[0] == 200
+
+
+def test_a_reload_whose_app_fails_oddly_leaves_the_master_running(running: Running) -> None:
+    # an error message over several lines, from an app that fails to import
+    (running.root / "oddapp.py").write_text('raise RuntimeError("first line\\nsecond line")\n')
+    text = running.config.read_text().replace("wsgi testapp:app;", "wsgi oddapp:app;")
+    staging = running.config.with_suffix(".tmp")
+    staging.write_text(text)
+    os.replace(staging, running.config)
+    master = running.master_pid()
+    os.kill(master, signal.SIGHUP)
+    assert wait_until(lambda: "the configuration was not changed" in running.error_log())
+    assert "second line" in running.error_log()
+    assert _alive(master)
+    assert get(running.port, "/app/x") == (200, b"app ok")
+
+
+def test_signals_while_stopping_start_nothing(running: Running) -> None:
+    slow = threading.Thread(target=get, args=(running.port, "/app/slow"), daemon=True)
+    slow.start()
+    time.sleep(0.5)  # a slow answer keeps the stop going for a while
+    master = running.master_pid()
+    os.kill(master, signal.SIGQUIT)
+    assert wait_until(lambda: "shutting down gracefully" in running.error_log())
+    workers = running.workers(master)
+    os.kill(master, signal.SIGHUP)
+    assert wait_until(lambda: "SIGHUP ignored: stopping" in running.error_log())
+    assert set(running.workers(master)) <= set(workers)  # no new generation
+    slow.join(10)
+    assert running.process.wait(15) == 0
+    assert wait_until(lambda: running.group_pids() == [], timeout=5)
