@@ -14,9 +14,11 @@ goes to the next peer while all of these hold: nothing has reached the client ye
 if the request already reached the failed peer, its method is idempotent (or
 ``non_idempotent`` is listed) and its body can be sent again (it was kept whole: at most
 ``proxy_request_buffer_size``). Otherwise the client gets 502 (504 after a timeout), or,
-once the answer has started, its connection is closed. A keep-alive connection that the
-peer had closed before our request reached it is retried once on a fresh connection to
-the same peer, without counting as a failure.
+once the answer has started, it is cut short (no last chunk) and its connection closed.
+A kept-alive connection that turns out closed by the peer is retried once on a fresh
+connection to the same peer, without counting as a failure, if the method allows a second
+try (idempotent, or ``non_idempotent`` listed): the peer may have read the request
+before it closed. The read timeout runs once the whole request is sent.
 """
 
 from __future__ import annotations
