@@ -42,6 +42,7 @@ S = TypeVar("S", bound=NamedServer)
 
 
 _HOSTS: dict[str, str | None] = {}
+_UNKNOWN = object()
 _HOSTS_MAX = 4096
 
 
@@ -58,10 +59,11 @@ def normalize_host(host: str) -> str | None:
 
     Clients send the same few Host values again and again: the answers are
     remembered (a bounded table, emptied when full)."""
-    if host in _HOSTS:
-        return _HOSTS[host]
+    name: str | None = _HOSTS.get(host, _UNKNOWN)  # type: ignore[assignment]
+    if name is not _UNKNOWN:
+        return name
     match = _HOST.fullmatch(host)
-    name: str | None = None
+    name = None
     if match is not None:
         raw = match.group(1)
         if raw.startswith("[") or not (raw.startswith(".") or ".." in raw):

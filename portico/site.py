@@ -122,9 +122,6 @@ class Location:
             for child in (conf.locations if conf else ())
         )
 
-    def keep_alive_allows(self, requests: int) -> bool:
-        return self.keepalive_timeout > 0 and requests < self.keepalive_requests
-
     def extra_headers(self, request: Request, status: int) -> bytes:
         lines = [
             (h.name, h.value.render(request))

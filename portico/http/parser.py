@@ -113,6 +113,19 @@ class RequestHead:
 
 Event = RequestHead | bytes | _End
 
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+# header names as received → lowercase str: clients send the same few again and again
+_NAMES: dict[bytes, str] = {}
+
+
+def header_name(name: bytes) -> str:
+    """A header name as a lowercase str (remembered, in a bounded table)."""
+    key = name.decode("latin-1").lower()
+    if len(_NAMES) >= 4096:
+        _NAMES.clear()
+    _NAMES[name] = key
+    return key
+
 
 class RequestReader:
     """Parses a stream of pipelined requests on one connection."""
@@ -229,11 +242,6 @@ class RequestReader:
             return RemoteProtocolError(f"unsupported transfer encoding: {message}", 501)
         return RemoteProtocolError(f"invalid request: {message}")
 
-    def _count_head(self, size: int) -> None:
-        self._head_length += size
-        if self._head_length > self._head_size:
-            raise RemoteProtocolError("request header too large", 431)
-
     # -- httptools callbacks: record only ----------------------------------------
 
     def on_message_begin(self) -> None:
@@ -246,11 +254,13 @@ class RequestReader:
         self._headers = {}
         self._transfer_encoding = None
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._line_size:
+    def on_url(self, piece: bytes) -> None:
+        url = self._url = self._url + piece if self._url else piece
+        if len(url) > self._line_size:
             raise RemoteProtocolError("request URI too long", 414)
-        self._count_head(len(url))
+        self._head_length += len(piece)
+        if self._head_length > self._head_size:
+            raise RemoteProtocolError("request header too large", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
@@ -258,15 +268,21 @@ class RequestReader:
         # field-value = *field-content, surrounded by OWS (SP / HTAB) that is not part
         # of it; httptools has skipped the leading OWS, the trailing is still there
         value = value.rstrip(b" \t")
-        if len(name) + len(value) + 2 > self._header_line_size:
+        size = len(name) + len(value) + 2  # ": "
+        if size > self._header_line_size:
             raise RemoteProtocolError("request header line too large", 431)
-        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        self._head_length += size + 2  # and CRLF
+        if self._head_length > self._head_size:
+            raise RemoteProtocolError("request header too large", 431)
         self._raw_headers.append((name, value))
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = header_name(name)
         text = value.decode("latin-1")
-        previous = self._headers.get(key)
+        headers = self._headers
+        previous = headers.get(key)
         if previous is None:
-            self._headers[key] = text
+            headers[key] = text
         elif key == "host" or key == "transfer-encoding":
             # RFC 9112 §3.2 (Host: MUST 400); two framing headers are a smuggling
             # attempt whatever they say (nginx: "client sent duplicate header line")
@@ -286,8 +302,12 @@ class RequestReader:
             raise RemoteProtocolError("HTTP version not supported", 505)
         if version != "1.0":
             version = "1.1"  # 1.2 and later minors: as 1.1 (RFC 9112 §2.3)
-        method = parser.get_method().decode("ascii")
-        self._count_head(len(method) + 14)  # two spaces, "HTTP/1.1", two CRLFs
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        # the request line (two spaces, "HTTP/1.1", CRLF) and the empty line
+        self._head_length += len(method) + 14
+        if self._head_length > self._head_size:
+            raise RemoteProtocolError("request header too large", 431)
         headers = self._headers
         chunked = False
         if self._transfer_encoding is not None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from portico.errors import ProtocolError, RemoteProtocolError
 from portico.http.parser import END, RequestHead, RequestReader
 from portico.http.request import Request
-from portico.http.response import BODILESS_STATUSES, error_page, status_line
+from portico.http.response import BODILESS_STATUSES, STATUS_LINES, error_page, status_line
 
 if TYPE_CHECKING:
     from portico.site import Binding
@@ -323,30 +323,6 @@ class HttpConnection(asyncio.Protocol):
         if self.reading_paused:
             self._flow_control()
 
-    def _framing(self, request: Request, status: int, length: int | None) -> bytes:
-        """Decide keep-alive and body framing; return the head's framing lines."""
-        location = request.location
-        keep = (
-            request.keep_alive
-            and self.state == BUSY
-            and self.worker.accepting
-            and (location.keep_alive_allows(self.requests) if location is not None else False)
-        )
-        if not request.body.complete and status in (408, 413):
-            keep = False  # don't wait for a body we refused
-        framing = b""
-        if status in BODILESS_STATUSES:
-            pass
-        elif length is not None:
-            framing = b"Content-Length: " + str(length).encode() + b"\r\n"
-        elif request.version == "1.1":
-            framing = _CHUNKED
-            request.response_chunked = True
-        else:
-            keep = False  # HTTP/1.0: the end of the body is the end of the connection
-        request.keep_alive = keep
-        return framing + (_KEEP_ALIVE if keep else _CLOSE)
-
     def send_head(self, request: Request, status: int, headers: bytes, length: int | None) -> None:
         """Send the status line and headers; ``length`` None streams the body."""
         if request.finished or self.state >= LINGER:
@@ -355,28 +331,53 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(head)
 
     def _head(self, request: Request, status: int, headers: bytes, length: int | None) -> bytes:
+        """The status line and headers; decides keep-alive and the body's framing."""
         if request.error_status > 0 and status == 200:
             status = request.error_status
         request.status = status
         request.headers_sent = True
         location = request.location
+        keep = request.keep_alive and self.state == BUSY and self.worker.accepting
+        if location is not None:
+            keep = (
+                keep
+                and location.keepalive_timeout > 0
+                and self.requests < location.keepalive_requests
+            )
+            server = b"" if request.upstream_sets & 1 else location.server_header
+            extra = location.extra_headers(request, status) if location.add_headers else b""
+        else:
+            keep = False
+            server = self.binding.server_header
+            extra = b""
+        if status in BODILESS_STATUSES:
+            framing = b""
+        elif length is not None:
+            framing = b"Content-Length: %d\r\n" % length
+        elif request.version == "1.1":
+            framing = _CHUNKED
+            request.response_chunked = True
+        else:
+            framing = b""
+            keep = False  # HTTP/1.0: the end of the body is the end of the connection
+        if keep and (status == 408 or status == 413) and not request.body.complete:
+            keep = False  # don't wait for a body we refused
+        request.keep_alive = keep
         date = self.worker.date
         second = int(time.time())
-        own = request.upstream_sets
         head = b"".join(
             (
-                status_line(status),
+                STATUS_LINES.get(status) or status_line(status),
+                server,
                 b""
-                if own & 1
-                else location.server_header
-                if location is not None
-                else self.binding.server_header,
-                b"" if own & 2 else date.header if date.second == second else date.update(second),
-                self._framing(request, status, length),
+                if request.upstream_sets & 2
+                else date.header
+                if date.second == second
+                else date.update(second),
+                framing,
+                _KEEP_ALIVE if keep else _CLOSE,
                 headers,
-                location.extra_headers(request, status)
-                if location is not None and location.add_headers
-                else b"",
+                extra,
                 b"\r\n",
             )
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.errors import RemoteProtocolError
 from portico.http.parser import RequestHead
-from portico.http.uri import normalize_path, split_target, target_authority
+from portico.http.uri import parse_target
 from portico.routing import normalize_host
 
 if TYPE_CHECKING:
@@ -161,11 +161,8 @@ class Request:
         self.keep_alive = head.keep_alive
         self.content_length = head.content_length
         self.start = now  # wall clock (time.time()): $request_time and $time_local
-        raw_path, raw_query = split_target(head.target)
-        self.path = normalize_path(raw_path)
-        self.query = raw_query.decode("latin-1")
+        self.path, self.query, authority = parse_target(head.target)
         # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
-        authority = target_authority(head.target)
         host = (
             authority.decode("latin-1") if authority is not None else head.headers.get("host", "")
         )

@@ -31,7 +31,7 @@ import urllib.parse
 
 from portico.errors import RemoteProtocolError
 
-__all__ = ["normalize_path", "quote_path", "split_target", "target_authority"]
+__all__ = ["normalize_path", "parse_target", "quote_path", "split_target", "target_authority"]
 
 # RFC 9112 §3.2 (request-target) and RFC 3986:
 #
@@ -109,6 +109,31 @@ def _split_absolute_form(target: bytes) -> tuple[bytes, bytes]:
     if rest[:1] != b"/":
         rest = b"/" + rest
     return authority, rest
+
+
+# Targets seen lately → (path, query, authority): clients ask for the same few URIs
+# again and again (a bounded table, emptied when full; invalid targets are not kept).
+_TARGETS: dict[bytes, tuple[str, str, bytes | None]] = {}
+_TARGETS_MAX = 4096
+
+
+def parse_target(target: bytes) -> tuple[str, str, bytes | None]:
+    """A request-target's normalized path, its raw query as a str (latin-1), and the
+    authority of an absolute-form target (``None`` for origin-form).
+
+    Raises as :func:`split_target` and :func:`normalize_path` do."""
+    parts = _TARGETS.get(target)
+    if parts is None:
+        raw_path, raw_query = split_target(target)
+        parts = (
+            normalize_path(raw_path),
+            raw_query.decode("latin-1"),
+            target_authority(target),
+        )
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[target] = parts
+    return parts
 
 
 # Percent-decoding table: two hex digits (any case) -> the byte they encode.
