@@ -12,11 +12,25 @@ an upstream cannot make us buffer without bound either.
 A response to HEAD has no body whatever its headers say, and httptools cannot be told
 so: after the head of such a response the reader stops (``expect_no_body``), and the
 caller must not reuse the connection.
+
+Headers are not taken one by one. httptools (llhttp, strict) validates the whole head:
+every line ends in CRLF, no bare CR or LF, no folded lines, no space before a colon, no
+control characters, at most one Content-Length and not together with Transfer-Encoding.
+So the head as received is kept as one block of ``Name: value\r\n`` lines (after the
+``\n`` that ends the status line, so that every line follows one), which the
+proxy filters with one regular expression (proxy/headers.py); a header is looked up or
+the block split into pairs only when something asks (``ResponseHead.headers``). This
+saves a Python call per header on every proxied response.
+
+Bytes that arrive after a response is complete, before another request was sent
+(``start``), are not a response to anything: the reader stops, ``idle`` stays false,
+and the connection must not be reused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import deque
 
 import httptools
@@ -24,47 +38,52 @@ import httptools
 from portico.errors import UpstreamInvalidResponse
 from portico.http.parser import END, _End
 
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d+)", re.I)
+_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:([^\r]*)", re.I)
+
 
 class ResponseHead:
-    """The event: status and headers as received."""
+    """The event: the status, and the header lines as received (``block``)."""
 
-    __slots__ = (
-        "chunked",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "status",
-        "upgrade",
-        "version",
-    )
+    __slots__ = ("block", "keep_alive", "status", "upgrade")
 
-    def __init__(
-        self,
-        status: int,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        content_length: int | None,
-        chunked: bool,
-        upgrade: bool,
-    ) -> None:
+    def __init__(self, status: int, block: bytes, keep_alive: bool) -> None:
         self.status = status
-        self.version = version
-        self.headers = headers
+        # "\n" and every header line, "Name: value\r\n", in order (validated by
+        # httptools): each line starts after a "\n", which makes searching it cheap
+        self.block = block
         self.keep_alive = keep_alive
-        self.content_length = content_length
-        self.chunked = chunked
-        self.upgrade = upgrade
+        self.upgrade = status == 101
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(name, value) pairs as received, the value without surrounding whitespace."""
+        pairs = []
+        for line in self.block[1:].split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+        return pairs
+
+    @property
+    def content_length(self) -> int | None:
+        match = _CONTENT_LENGTH.search(self.block)
+        return int(match[1]) if match is not None else None
+
+    @property
+    def chunked(self) -> bool:
+        codings = _TRANSFER_ENCODING.findall(self.block)
+        return bool(codings) and codings[-1].strip().lower().endswith(b"chunked")
 
 
-class _StopAfterHead(Exception):
-    pass
+class _Stop(Exception):
+    """Raised in a callback to stop parsing (httptools offers no other way)."""
 
 
 class ResponseReader:
     __slots__ = (
-        "_head_bytes",
-        "_headers",
+        "_buffer",
+        "_expecting",
+        "_head_start",
         "_in_head",
         "_last_head",
         "_parser",
@@ -81,9 +100,12 @@ class ResponseReader:
         self.max_head_size = max_head_size
         self.expect_no_body = expect_no_body
         self.events: deque[ResponseHead | bytes | _End] = deque()
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        # while a head is incomplete: what came since the first head of this exchange
+        # began, and where the current head starts in it (after any 1xx interim heads)
+        self._buffer = b""
+        self._head_start = 0
         self._in_head = True
+        self._expecting = True  # a request went out and its final answer is not complete
         self._stopped = False
         self._last_head: ResponseHead | None = None
         self.upgrade_data = b""
@@ -91,26 +113,42 @@ class ResponseReader:
         # only go back to the pool then)
         self.idle = True
 
+    def start(self) -> None:
+        """A request went out on this (kept-alive) connection: its answer comes next."""
+        self._expecting = True
+        self._in_head = True
+        self._buffer = b""
+        self._head_start = 0
+        self._last_head = None
+
     def feed(self, data: bytes) -> None:
         if self._stopped:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
+        in_head = self._in_head
+        if in_head:
+            self._buffer = self._buffer + data if self._buffer else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrade_data = data[upgrade.args[0] :]
             self._stopped = True
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _StopAfterHead):
+            if isinstance(e.__context__, _Stop):
                 self._stopped = True
-                self.events.append(END)
                 return
             raise UpstreamInvalidResponse(f"upstream sent an invalid response: {e}") from None
         except httptools.HttpParserError as e:
             raise UpstreamInvalidResponse(f"upstream sent an invalid response: {e}") from None
-        if self._in_head and self._head_bytes > self.max_head_size:
-            raise UpstreamInvalidResponse("upstream sent too big header")
+        if self._in_head:
+            buffer = self._buffer
+            if self._head_start:
+                buffer = self._buffer = buffer[self._head_start :]
+                self._head_start = 0
+            if len(buffer) > self.max_head_size:
+                raise UpstreamInvalidResponse("upstream sent too big header")
+        elif in_head:
+            self._buffer = b""
+            self._head_start = 0
 
     def eof(self) -> None:
         """The peer closed the connection."""
@@ -137,58 +175,36 @@ class ResponseReader:
     # -- httptools callbacks ---------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
-        self._in_head = True
         self.idle = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            self._headers.append((name, value))
+        if not self._expecting:
+            raise _Stop  # bytes after the answer: not an answer to anything we sent
 
     def on_headers_complete(self) -> None:
+        buffer = self._buffer
+        start = self._head_start
+        # the first empty line ends the head: no header line can be empty
+        end = buffer.find(b"\r\n\r\n", start) + 2
+        line_end = buffer.find(b"\r\n", start) + 2
         parser = self._parser
-        self._in_head = False
-        self._head_bytes = 0
-        content_length = None
-        chunked = False
-        upgrade = False
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise UpstreamInvalidResponse("invalid Content-Length") from None
-            elif lower == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
         status = parser.get_status_code()
-        if status == 101:
-            upgrade = True
-        head = ResponseHead(
-            status,
-            parser.get_http_version(),
-            self._headers,
-            parser.should_keep_alive(),
-            content_length,
-            chunked,
-            upgrade,
-        )
+        head = ResponseHead(status, buffer[line_end - 1 : end], parser.should_keep_alive())
         self._last_head = head
+        self._head_start = end + 2
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue): the real one follows
+        self._in_head = False
         self.events.append(head)
         if self.expect_no_body:
-            raise _StopAfterHead
+            self.events.append(END)
+            raise _Stop
 
     def on_body(self, body: bytes) -> None:
         self.events.append(body)
 
     def on_message_complete(self) -> None:
         self.idle = True
-        if (
-            self._last_head is not None
-            and 100 <= self._last_head.status < 200
-            and self._last_head.status != 101
-        ):
+        head = self._last_head
+        if head is not None and 100 <= head.status < 200 and head.status != 101:
             return
+        self._expecting = False
         self.events.append(END)

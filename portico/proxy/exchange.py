@@ -188,6 +188,8 @@ class ProxyExchange:
         request = self.request
         if request.method == "HEAD":
             upstream.reader = ResponseReader(expect_no_body=True)
+        else:
+            upstream.reader.start()
         template = self.handler.request_template
         body = request.body
         head = template.head(
@@ -335,7 +337,7 @@ class ProxyExchange:
         self.conn.send_response(self.request, head.status, self._headers(head), body)
 
     def _headers(self, head: ResponseHead) -> bytes:
-        headers, own = self.handler.response_filter.headers(head.headers)
+        headers, own = self.handler.response_filter.headers(head.block)
         self.request.upstream_sets = own
         return headers
 

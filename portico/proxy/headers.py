@@ -20,6 +20,7 @@ Back to the client: the upstream's headers, except hop-by-hop ones and the hidde
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,52 +194,53 @@ def compile_request(
     )
 
 
-# how each response header name is treated: pass, drop, or Connection (drop, and read
-# the names it lists); with the "own" bits of Server (1) and Date (2) when passed
-_PASS, _DROP, _CONNECTION = 0, 1, 2
+# Connection values that name no other header (every one of them is dropped anyway)
+_PLAIN_CONNECTION = frozenset({b"", b"keep-alive", b"close", b"upgrade"})
+_CONNECTION_VALUES = re.compile(rb"\nconnection:[ \t]*([^\r]*)", re.I)
+_SERVER_LINE = re.compile(rb"\nserver:", re.I)
+_DATE_LINE = re.compile(rb"\ndate:", re.I)
+
+
+def _lines_named(names: Iterable[bytes]) -> re.Pattern[bytes]:
+    """Header lines whose name is one of ``names``, as "\\nName: value\\r" (the
+    line's own end stays, for the line before it); a pattern that starts with a
+    literal is searched for much faster than one that starts with ``^``."""
+    alternatives = b"|".join(re.escape(name) for name in sorted(names))
+    return re.compile(rb"\n(?:" + alternatives + rb"):[^\r]*\r", re.I)
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseFilter:
     hidden: frozenset[str]
-    kinds: dict[bytes, tuple[int, int]]  # memo: name → (kind, own bit)
+    dropped: re.Pattern[bytes]  # hidden, hop-by-hop and framing lines
+    # Server or Date may pass (proxy_pass_header): then look for them
+    may_own: bool
 
-    def _kind(self, name: bytes) -> tuple[int, int]:
-        kind = self.kinds.get(name)
-        if kind is None:
-            lower = name.lower().decode("latin-1")
-            if lower == "connection":
-                kind = (_CONNECTION, 0)
-            elif lower in self.hidden or lower in HOP_BY_HOP or lower in _RESPONSE_FRAMING:
-                kind = (_DROP, 0)
-            else:
-                kind = (_PASS, 1 if lower == "server" else 2 if lower == "date" else 0)
-            if len(self.kinds) < 1024:
-                self.kinds[name] = kind
-        return kind
-
-    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
-        """The upstream's headers for the client, encoded, and which of Server (1) and
-        Date (2) they carry themselves."""
-        lines = []
-        named: set[str] = set()
+    def headers(self, block: bytes) -> tuple[bytes, int]:
+        """The upstream's header lines for the client, and which of Server (1) and
+        Date (2) they carry themselves. ``block`` is the head's lines as received
+        (see http/client.py: validated, so every line is "Name: value\\r\\n"), after
+        a "\\n"."""
+        kept = self.dropped.sub(b"", block)
+        # every Connection line counts (a header may be named in any of them)
+        for value in _CONNECTION_VALUES.findall(block):
+            if value.rstrip(b" \t").lower() not in _PLAIN_CONNECTION:
+                named = connection_tokens(value.decode("latin-1"))
+                kept = _lines_named(token.encode("latin-1") for token in named).sub(b"", kept)
         own = 0
-        for name, value in raw:
-            kind, bit = self._kind(name)
-            if kind == _PASS:
-                lines.append((name, name + b": " + value + b"\r\n"))
-                own |= bit
-            elif kind == _CONNECTION:
-                # every Connection line counts (a header may be named in any of them)
-                named |= connection_tokens(value.decode("latin-1"))
-        if named:
-            kept = [(n, line) for n, line in lines if _lower(n) not in named]
-            own = 0
-            for n, _ in kept:
-                own |= self._kind(n)[1]
-            return b"".join(line for _, line in kept), own
-        return b"".join(line for _, line in lines), own
+        if self.may_own:
+            if _SERVER_LINE.search(kept):
+                own |= 1
+            if _DATE_LINE.search(kept):
+                own |= 2
+        return kept[1:], own
 
 
 def compile_response(hide: Iterable[str], pass_: Iterable[str]) -> ResponseFilter:
-    return ResponseFilter((HIDDEN_BY_DEFAULT | set(hide)) - set(pass_), {})
+    hidden = (HIDDEN_BY_DEFAULT | {name.lower() for name in hide}) - {
+        name.lower() for name in pass_
+    }
+    dropped = _lines_named(
+        name.encode("latin-1") for name in hidden | HOP_BY_HOP | _RESPONSE_FRAMING
+    )
+    return ResponseFilter(frozenset(hidden), dropped, not {"server", "date"} <= hidden)

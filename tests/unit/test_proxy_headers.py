@@ -311,7 +311,8 @@ UPSTREAM_HEADERS = [
 
 
 def passed(hide: list[str], pass_: list[str], raw=UPSTREAM_HEADERS) -> list[str]:  # type: ignore[no-untyped-def]
-    encoded, _ = compile_response(hide, pass_).headers(raw)
+    block = b"\n" + b"".join(name + b": " + value + b"\r\n" for name, value in raw)
+    encoded, _ = compile_response(hide, pass_).headers(block)
     assert encoded == b"" or encoded.endswith(b"\r\n")
     return encoded.decode("latin-1").split("\r\n")[:-1]
 
