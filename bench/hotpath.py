@@ -147,13 +147,17 @@ def build(case: str, log: bool, workdir: str) -> Callable[[], None]:
                 group.release(upstream)
     request = REQUEST % TARGETS[case]
 
+    outbox = worker.outbox
+
     def one() -> None:
         conn.data_received(request)
+        outbox.flush()  # the end of the loop's pass (the held writes go out)
         if waiting:
             # the backend answers in a later turn of the loop, as over a socket
             for upstream in waiting:
                 upstream.data_received(UPSTREAM_ANSWER)
             waiting.clear()
+            outbox.flush()
 
     one()
     if b" 200 OK\r\n" not in client.last[:40] and b"HTTP/1.1 200" not in client.last:

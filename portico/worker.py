@@ -25,6 +25,7 @@ from typing import Any
 import uvloop
 
 from portico.config.model import Config
+from portico.http.outbox import Outbox
 from portico.http.parser import RequestReader
 from portico.http.protocol import HttpConnection
 from portico.http.response import DateClock
@@ -48,6 +49,7 @@ class WorkerContext:
         self.zones = zones
         self.error_log = error_log
         self.loop = asyncio.get_running_loop()
+        self.outbox = Outbox(self.loop)
         self.wheel = Wheel(TICK, time.monotonic(), on_error=self._timeout_failed)
         self.site = Site(config, error_log, self)
         self.connections: set[HttpConnection] = set()

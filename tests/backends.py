@@ -96,6 +96,7 @@ class Stats:
     aborted: int = 0  # answers the peer stopped reading (reset or closed mid-body)
     closed_by_peer: int = 0  # connections the peer closed (EOF) between or in requests
     sent_bytes: int = 0  # body bytes of /bytes answers written so far
+    tunnel_bytes: int = 0  # bytes received in Upgrade tunnels (echoed back)
     requests_seen: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -514,6 +515,7 @@ class Backend:
                 if not reader.buffer:
                     reader.fill()
                 data, reader.buffer = reader.buffer, b""
+                self.count(tunnel_bytes=len(data))
                 sock.settimeout(MAX_WAIT)
                 sock.sendall(data)
         except _Closed:

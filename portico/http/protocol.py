@@ -317,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
             and request.body.received == 0
             and request.headers.get("expect", "").lower() == "100-continue"
         ):
-            self.transport.write(_CONTINUE)
+            self.write(_CONTINUE)
         if not request.body.complete:
             self._set_deadline(self.binding.body_timeout_of(request))
         if self.reading_paused:
@@ -327,8 +327,7 @@ class HttpConnection(asyncio.Protocol):
         """Send the status line and headers; ``length`` None streams the body."""
         if request.finished or self.state >= LINGER:
             return  # the connection answered this request itself (see abandon)
-        head = self._head(request, status, headers, length)
-        self.transport.write(head)
+        self.write(self._head(request, status, headers, length))
 
     def _head(self, request: Request, status: int, headers: bytes, length: int | None) -> bytes:
         """The status line and headers; decides keep-alive and the body's framing."""
@@ -390,12 +389,16 @@ class HttpConnection(asyncio.Protocol):
             return  # the connection answered this request itself (see abandon)
         head = self._head(request, status, headers, len(body))
         if request.method == "HEAD" or status in BODILESS_STATUSES:
-            self.transport.write(head)
+            self.write(head)
         else:
-            self.transport.write(head + body)
+            self.write(head + body)
             request.body_bytes_sent += len(body)
             request.bytes_sent += len(body)
         self.finish(request)
+
+    def write(self, data: bytes) -> None:
+        """Every byte to the client goes through the worker's outbox (outbox.py)."""
+        self.worker.outbox.write(self.transport, data)
 
     def send_data(self, request: Request, data: bytes) -> None:
         if request.method == "HEAD" or not data or request.finished or self.state >= LINGER:
@@ -404,7 +407,7 @@ class HttpConnection(asyncio.Protocol):
         if request.response_chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         request.bytes_sent += len(data)
-        self.transport.write(data)
+        self.write(data)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Call back once the client has taken what was written (writing resumed)."""
@@ -421,7 +424,7 @@ class HttpConnection(asyncio.Protocol):
         if request.cleanups is not None:
             request.run_cleanups()
         if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
-            self.transport.write(LAST_CHUNK)
+            self.write(LAST_CHUNK)
             request.bytes_sent += len(LAST_CHUNK)
         location = request.location
         if location is None or location.access_logs:
@@ -529,7 +532,7 @@ class HttpConnection(asyncio.Protocol):
                 b"\r\n",
             )
         )
-        self.transport.write(head + body)
+        self.write(head + body)
         self.worker.site.log_rejected(self, status, len(head) + len(body))
         self.linger()
 
@@ -577,6 +580,7 @@ class HttpConnection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
+        self.worker.outbox.flush()  # what was written goes before the EOF
         try:
             if transport.can_write_eof():
                 transport.write_eof()
@@ -607,7 +611,7 @@ class HttpConnection(asyncio.Protocol):
         request.headers_sent = True
         request.keep_alive = False
         request.bytes_sent += len(head)
-        self.transport.write(head)
+        self.write(head)
         self.state = TUNNEL
         self.tunnel = tunnel
         self.reader.events.clear()
@@ -632,6 +636,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = CLOSED
         self.deadline = None
         transport = self.transport
+        self.worker.outbox.flush()  # what was written goes before the close
         transport.close()
         if transport.get_write_buffer_size():
             self._set_deadline(self.binding.send_timeout_of(request))

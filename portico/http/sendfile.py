@@ -56,6 +56,8 @@ class FilePump:
         self._socket_fd = socket_fd
 
     def start(self) -> None:
+        # the response head may be held in the outbox: it must go before the file
+        self.conn.worker.outbox.flush()
         self.conn.transport.set_write_buffer_limits(high=0, low=0)
         self._pump()
 

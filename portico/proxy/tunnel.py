@@ -64,7 +64,7 @@ class Tunnel:
 
     def to_client(self, data: bytes) -> None:
         client = self.client
-        client.transport.write(data)
+        client.write(data)
         client.set_tunnel_deadline(self.idle_timeout)
         self.upstream.set_deadline("tunnel", self.idle_timeout)
         if client.write_paused:

@@ -171,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed:
-            self.transport.write(data)
+            self.group.worker.outbox.write(self.transport, data)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         if not self.write_paused or self.closed:
@@ -236,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.group.forget(self)
         if self.transport is not None:
+            self.group.worker.outbox.flush()  # what was written goes before the close
             if abort:
                 self.transport.abort()
             else:

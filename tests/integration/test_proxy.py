@@ -1051,6 +1051,22 @@ def test_a_tunnel_closes_both_ways(front: Front) -> None:
     assert backend.wait_for(lambda s: s.closed_by_peer > closed, timeout=5)
 
 
+def test_a_tunnel_delivers_the_last_bytes_before_the_client_closes(front: Front) -> None:
+    """The client's last message and its close arrive together: the message still
+    reaches the backend before the backend's side is closed."""
+    backend = front.backend
+    closed = backend.stats.closed_by_peer
+    with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
+        sock.sendall(UPGRADE)
+        head, _ = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        before = backend.stats.tunnel_bytes
+        sock.sendall(b"last words")
+        sock.shutdown(socket.SHUT_WR)
+    assert backend.wait_for(lambda s: s.closed_by_peer > closed, timeout=5)
+    assert backend.stats.tunnel_bytes - before == len(b"last words")
+
+
 def test_upgrade_carries_bytes_sent_right_behind_the_request(front: Front) -> None:
     with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
         sock.sendall(UPGRADE + b"early bytes")
