@@ -16,14 +16,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from portico.http.protocol import CLOSED
-from portico.http.response import BODILESS_STATUSES, encode_headers
+from portico.http.response import BODILESS_STATUSES
 from portico.http.sendfile import send_file
 from portico.wsgi.call import DATA, END, ERROR, FILE, HEAD, WHOLE, WsgiCall
 
 if TYPE_CHECKING:
     from portico.http.request import Request
-
-_FRAMING = frozenset({"content-length", "transfer-encoding", "date"})
 
 
 class WsgiAnswer:
@@ -68,8 +66,7 @@ class WsgiAnswer:
     def _head(self) -> tuple[int, bytes]:
         call = self.call
         assert call is not None and call.status is not None
-        headers = [(n, v) for n, v in call.headers if n.lower() not in _FRAMING]
-        return int(call.status[:3]), encode_headers(headers)
+        return int(call.status[:3]), call.head_block
 
     def broken(self, text: str) -> None:
         """Handling an event failed (a bug of ours): log it, end the answer."""
@@ -93,7 +90,7 @@ class WsgiAnswer:
             status, headers = self._head()
             self.sent_head = True
             self.done = True
-            declared = self.call.declared_length()  # type: ignore[union-attr]
+            declared = self.call.declared  # type: ignore[union-attr]
             if request.method == "HEAD" or status in BODILESS_STATUSES:
                 # no body, whatever Content-Length says (a HEAD keeps the GET's length)
                 conn.send_head(request, status, headers, declared)
@@ -125,13 +122,13 @@ class WsgiAnswer:
         elif kind == HEAD:
             status, headers = self._head()
             self.sent_head = True
-            declared = self.call.declared_length()  # type: ignore[union-attr]
+            declared = self.call.declared  # type: ignore[union-attr]
             self.remaining = declared
             conn.send_head(request, status, headers, declared)
         elif kind == END:
             self.done = True
             call = self.call
-            declared = call.declared_length() if call is not None else None
+            declared = call.declared if call is not None else None
             if (
                 declared is not None
                 and request.method != "HEAD"

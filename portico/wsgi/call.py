@@ -34,6 +34,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from portico.http.response import encode_headers
+
 if TYPE_CHECKING:
     from portico.wsgi.answer import WsgiAnswer
 
@@ -78,7 +80,19 @@ class FileWrapper:
         raise StopIteration
 
 
-def check_headers(status: Any, headers: Any) -> None:
+# What a header pair means once checked: a line sent as is, a header portico writes
+# itself (Date, its own framing), or (n >= 0) a Content-Length of n.
+_LINE, _OWN, _NOT_A_LENGTH = -1, -2, -3
+_OWN_NAMES = frozenset({"date"})
+# Pairs checked before (an app sends the same few again and again), bounded.
+_CHECKED: dict[tuple[str, str], tuple[bytes, int]] = {}
+_CHECKED_MAX = 4096
+
+
+def check_headers(status: Any, headers: Any) -> tuple[bytes, int | None]:
+    """Check ``start_response``'s arguments as PEP 3333 wants (AssertionError, as
+    wsgiref's validator raises); return the header lines to send and the app's
+    Content-Length (None when it gave none, or not a number)."""
     if (
         not isinstance(status, str)
         or len(status) < 4
@@ -88,19 +102,48 @@ def check_headers(status: Any, headers: Any) -> None:
         raise AssertionError(f"invalid status {status!r}: expected a str like '200 OK'")
     if not isinstance(headers, list):
         raise AssertionError("headers must be a list of (name, value) tuples")
+    lines = []
+    declared: int | None = None
+    length_seen = False
+    checked = _CHECKED
     for item in headers:
-        if (
-            not isinstance(item, tuple)
-            or len(item) != 2
-            or not isinstance(item[0], str)
-            or not isinstance(item[1], str)
-        ):
-            raise AssertionError(f"invalid header {item!r}: expected a (str, str) tuple")
-        name, value = item
-        if name.lower() in _HOP_BY_HOP:
-            raise AssertionError(f"hop-by-hop header {name!r} is not allowed from an app")
-        if _TOKEN.fullmatch(name) is None or "\n" in value or "\r" in value or "\0" in value:
-            raise AssertionError(f"invalid header {item!r}")
+        try:
+            known = checked.get(item)
+        except TypeError:  # unhashable: not a tuple of two str
+            known = None
+        if known is None:
+            known = _check_header(item)
+            if len(checked) >= _CHECKED_MAX:
+                checked.clear()
+            checked[item] = known
+        line, meaning = known
+        if meaning == _LINE:
+            lines.append(line)
+        elif meaning != _OWN and not length_seen:
+            length_seen = True  # the first Content-Length counts
+            declared = meaning if meaning >= 0 else None
+    return b"".join(lines), declared
+
+
+def _check_header(item: Any) -> tuple[bytes, int]:
+    if (
+        not isinstance(item, tuple)
+        or len(item) != 2
+        or not isinstance(item[0], str)
+        or not isinstance(item[1], str)
+    ):
+        raise AssertionError(f"invalid header {item!r}: expected a (str, str) tuple")
+    name, value = item
+    lower = name.lower()
+    if lower in _HOP_BY_HOP:
+        raise AssertionError(f"hop-by-hop header {name!r} is not allowed from an app")
+    if _TOKEN.fullmatch(name) is None or "\n" in value or "\r" in value or "\0" in value:
+        raise AssertionError(f"invalid header {item!r}")
+    if lower == "content-length":
+        return b"", int(value) if value.isdigit() else _NOT_A_LENGTH
+    if lower in _OWN_NAMES:
+        return b"", _OWN
+    return encode_headers([(name, value)]), _LINE
 
 
 class WsgiCall:
@@ -110,9 +153,10 @@ class WsgiCall:
         "app",
         "cancelled",
         "consumed",
+        "declared",
         "environ",
+        "head_block",
         "head_sent",
-        "headers",
         "inline",
         "iterator",
         "paused",
@@ -129,7 +173,8 @@ class WsgiCall:
         self.answer = answer
         self.inline = inline
         self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
+        self.head_block = b""  # the app's header lines, as sent
+        self.declared: int | None = None  # the app's Content-Length
         self.head_sent = False
         self.cancelled = False
         self.paused = False  # the client is not reading (set by the answer side)
@@ -152,9 +197,8 @@ class WsgiCall:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() was already called")
-        check_headers(status, headers)
+        self.head_block, self.declared = check_headers(status, headers)
         self.status = status
-        self.headers = headers
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -284,7 +328,7 @@ class WsgiCall:
     def _first_chunks(self, iterator: Iterator[bytes]) -> bool:
         """Up to the first non-empty chunk, which sends the headers."""
         self.iterator = iterator
-        length = self.declared_length()
+        length = self.declared
         for chunk in iterator:
             if not isinstance(chunk, bytes):
                 raise AssertionError(f"the app yielded {type(chunk).__name__}, not bytes")
@@ -306,12 +350,6 @@ class WsgiCall:
             return True
         self._end()
         return False
-
-    def declared_length(self) -> int | None:
-        for name, value in self.headers:
-            if len(name) == 14 and name.lower() == "content-length":
-                return int(value) if value.isdigit() else None
-        return None
 
     def _end(self) -> None:
         if not self.head_sent:
@@ -344,7 +382,7 @@ class WsgiCall:
         if not stat.S_ISREG(st.st_mode):
             return False
         count = max(0, st.st_size - position)
-        length = self.declared_length()
+        length = self.declared
         if length is not None:
             count = min(count, length)
         self.head_sent = True
