@@ -421,6 +421,9 @@ class HttpConnection(asyncio.Protocol):
         if request.finished:
             return
         request.finished = True
+        # a handler's abort hook refers back to the request (a reference cycle): gone
+        # now, so that refcounting frees the exchange and the garbage collector idles
+        request.on_abort = None
         if request.cleanups is not None:
             request.run_cleanups()
         if request.response_chunked and request.method != "HEAD" and self.state != CLOSED:
@@ -429,6 +432,7 @@ class HttpConnection(asyncio.Protocol):
         location = request.location
         if location is None or location.access_logs:
             self.worker.site.log(request)
+        request.upstream = None  # logged: the proxy exchange (which refers to it) may go
         if self.current is not request:
             return
         self.current = None

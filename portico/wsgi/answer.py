@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class WsgiAnswer:
-    __slots__ = ("call", "conn", "done", "event", "remaining", "request", "sendfile", "sent_head")
+    __slots__ = ("call", "conn", "deliver", "done", "remaining", "request", "sendfile", "sent_head")
 
     def __init__(self, request: Request, sendfile: bool) -> None:
         self.request = request
@@ -35,8 +35,16 @@ class WsgiAnswer:
         self.sent_head = False
         self.done = False
         self.remaining: int | None = None  # of the app's Content-Length, once streaming
-        # how events reach ``handle``: directly, or through the pool (set by the handler)
-        self.event: Callable[[int, Any], None] = self.handle
+        # how events reach ``handle``: directly (None), or through the pool's hand-off
+        self.deliver: Callable[[Callable[[int, Any], None], int, Any], None] | None = None
+
+    def event(self, kind: int, payload: Any) -> None:
+        """From the app side: one event for ``handle``, on the event loop."""
+        deliver = self.deliver
+        if deliver is None:
+            self.handle(kind, payload)
+        else:
+            deliver(self.handle, kind, payload)
 
     def cancel(self) -> None:
         """The client went away: the app side stops at its next chunk."""

@@ -369,6 +369,10 @@ class WsgiCall:
                 close()
             except Exception:
                 self.answer.event(ERROR, traceback.format_exc())
+        # the app side is over: the call no longer needs its answer, and without this
+        # link the two are not a reference cycle (refcounting frees them, the garbage
+        # collector has nothing to do)
+        self.answer = None  # type: ignore[assignment]
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
         """Hand a real file to the answer side for sendfile; False to iterate instead."""

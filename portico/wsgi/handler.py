@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from portico.wsgi.answer import WsgiAnswer
@@ -84,7 +83,7 @@ class WsgiHandler:
         if pool is None:
             call.run_inline()
         else:
-            answer.event = partial(pool.deliver, answer.handle)
+            answer.deliver = pool.deliver
             pool.submit(call.run_threaded)
 
 
