@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from portico.http.uri import quote_path, split_target
@@ -209,18 +209,34 @@ def _lines_named(names: Iterable[bytes]) -> re.Pattern[bytes]:
     return re.compile(rb"\n(?:" + alternatives + rb"):[^\r]*\r", re.I)
 
 
+# Header blocks filtered before, per location: a backend sends the same head again and
+# again (only Date changes, once a second), so most answers are one dict lookup.
+_MEMO_SIZE = 256
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseFilter:
     hidden: frozenset[str]
     dropped: re.Pattern[bytes]  # hidden, hop-by-hop and framing lines
     # Server or Date may pass (proxy_pass_header): then look for them
     may_own: bool
+    memo: dict[bytes, tuple[bytes, int]] = field(default_factory=dict, compare=False)
 
     def headers(self, block: bytes) -> tuple[bytes, int]:
         """The upstream's header lines for the client, and which of Server (1) and
         Date (2) they carry themselves. ``block`` is the head's lines as received
         (see http/client.py: validated, so every line is "Name: value\\r\\n"), after
         a "\\n"."""
+        memo = self.memo
+        known = memo.get(block)
+        if known is not None:
+            return known
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        known = memo[block] = self._filter(block)
+        return known
+
+    def _filter(self, block: bytes) -> tuple[bytes, int]:
         kept = self.dropped.sub(b"", block)
         # every Connection line counts (a header may be named in any of them)
         for value in _CONNECTION_VALUES.findall(block):

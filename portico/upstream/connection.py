@@ -86,11 +86,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _deliver(self, exchange: ProxyExchange) -> None:
         events = self.reader.events
+        count = len(events)
         if (
-            len(events) >= 2
+            count >= 2
             and events[-1] is END
             and events[0].__class__ is ResponseHead
-            and all(event.__class__ is bytes for event in list(events)[1:-1])
+            and (
+                count == 2
+                or (count == 3 and events[1].__class__ is bytes)
+                or all(event.__class__ is bytes for event in list(events)[1:-1])
+            )
         ):
             # the whole response arrived at once: answer the client in one write
             head = events.popleft()

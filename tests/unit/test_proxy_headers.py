@@ -357,3 +357,16 @@ def test_header_names_match_whatever_their_case() -> None:
 def test_headers_named_in_every_connection_line_are_dropped() -> None:
     raw = [(b"Connection", b"X-One"), (b"Connection", b"close"), (b"X-One", b"1"), (b"X-K", b"k")]
     assert passed([], [], raw) == ["X-K: k"]
+
+
+def test_a_filter_answers_a_repeated_block_alike_and_stays_bounded() -> None:
+    response_filter = compile_response([], ["Date"])
+    blocks = [
+        b"\nDate: %d\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Kept: 2\r\n" % second
+        for second in range(600)
+    ]
+    first = [response_filter.headers(block) for block in blocks]
+    again = [response_filter.headers(block) for block in blocks]  # memo hits and misses
+    assert first == again
+    assert first[7] == (b"Date: 7\r\nX-Kept: 2\r\n", 2)
+    assert len(response_filter.memo) <= 256
