@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -31,13 +32,14 @@ _LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
 _ESCAPE_TABLE = {c: f"\\x{c:02X}" for c in range(256) if c < 0x20 or c >= 0x7F}
 _ESCAPE_TABLE[ord('"')] = "\\x22"
 _ESCAPE_TABLE[ord("\\")] = "\\x5C"
-_ESCAPE_CHARS = frozenset(chr(c) for c in _ESCAPE_TABLE)
+# one C-level scan finds whether a value needs escaping at all (most do not)
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\x7f-\xff]')
 
 
 def escape_default(value: str) -> str:
     if not value:
         return "-"
-    if _ESCAPE_CHARS.isdisjoint(value):
+    if _NEEDS_ESCAPE.search(value) is None:
         return value
     return "".join(_ESCAPE_TABLE.get(ord(c), c) if ord(c) < 256 else c for c in value)
 
@@ -62,9 +64,12 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
         "none": lambda v: v,
     }[log_format.escape]
     parts = log_format.template.parts
+    # the literal text becomes a %-format with one %s per variable
+    text = "".join(p.replace("%", "%%") if isinstance(p, str) else "%s" for p in parts)
+    variables = [p for p in parts if not isinstance(p, str)]
 
     def render(request: Any) -> str:
-        return "".join(p if isinstance(p, str) else escape(p(request)) for p in parts)
+        return text % tuple([escape(variable(request)) for variable in variables])
 
     return render
 

@@ -15,7 +15,7 @@ worker_processes 1;
 error_log {dir}/error.log info;
 events {{ }}
 http {{
-    log_format short '$status $request_method $uri $host "$http_x_test" $server_name';
+    log_format short '$status $request_method $uri $host "$http_x_test" $server_name %s 100%';
     access_log {dir}/access.log short;
     server {{
         listen 127.0.0.1:{port};
@@ -175,9 +175,12 @@ def test_add_header_by_status(server) -> None:
 
 def test_log_format_with_variables(server) -> None:
     get(server, "/exact", headers={"X-Test": 'a "b"'})
+    get(server, "/exact?second")
     server.stop()
     lines = (Path(server.directory) / "access.log").read_text().splitlines()
-    assert '200 GET /exact app.test "a \\x22b\\x22" app.test' in lines
+    # escaped as nginx does; a literal % stays as written; an empty value is "-"
+    assert '200 GET /exact app.test "a \\x22b\\x22" app.test %s 100%' in lines
+    assert '200 GET /exact app.test "-" app.test %s 100%' in lines
 
 
 def test_ipv6_and_unix_listeners(tmp_path: Path, portico) -> None:
