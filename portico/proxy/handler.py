@@ -41,6 +41,7 @@ class ProxyHandler:
             values["proxy_set_header"],
             keepalive=group.keepalive > 0,
             version=values["proxy_http_version"],
+            proxy_host=self.proxy_host,
         )
         self.response_filter = compile_response(
             values["proxy_hide_header"], values["proxy_pass_header"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from portico.http.uri import quote_path, split_target
@@ -165,8 +166,12 @@ def compile_request(
     set_headers: Sequence[tuple[str, Template]],
     keepalive: bool,
     version: str = "1.1",
+    proxy_host: str | None = None,
 ) -> RequestTemplate:
-    """Merge the defaults with the location's ``proxy_set_header`` lines, once."""
+    """Merge the defaults with the location's ``proxy_set_header`` lines, once.
+    ``$proxy_host`` is known per location (proxy_pass's host): a value made of it
+    alone, as the default Host line is, is rendered here and not per request."""
+    known = SimpleNamespace(proxy_host=proxy_host)
     headers: dict[str, tuple[str, Template]] = {
         "host": ("Host", compile_template("$proxy_host")),
     }
@@ -175,8 +180,8 @@ def compile_request(
     constant = []
     dynamic = []
     for lower, (name, value) in headers.items():
-        if value.is_constant:
-            text = value.render(None)
+        if value.is_constant or (proxy_host is not None and set(value.variables) == {"proxy_host"}):
+            text = value.render(known)
             if text:
                 constant.append(f"{name}: {text}\r\n".encode("latin-1"))
         else:

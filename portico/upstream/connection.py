@@ -75,14 +75,17 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             self.close()  # nothing is expected from an idle connection
             return
-        if self.timeout_kind == "read":
-            self.set_deadline("read", exchange.read_timeout)
         try:
             self.reader.feed(data)
         except UpstreamError as e:
             exchange.upstream_failed("invalid_header", str(e))
             return
         self._deliver(exchange)
+        # proxy_read_timeout runs between two reads: renewed after this one, unless it
+        # completed the answer (the connection then went idle, or was closed) or our
+        # client is slow (reading paused: the client's send_timeout bounds the wait)
+        if self.exchange is exchange and self.timeout_kind == "read" and not self.reading_paused:
+            self.set_deadline("read", exchange.read_timeout)
 
     def _deliver(self, exchange: ProxyExchange) -> None:
         events = self.reader.events

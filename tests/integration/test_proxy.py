@@ -1154,6 +1154,32 @@ def test_a_slow_upload_is_not_cut_by_the_read_timeout(portico, backends) -> None
     assert response.json()["body_size"] == 16
 
 
+def test_a_slow_download_is_not_cut_by_the_read_timeout(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    # while our client does not read, the upstream is not read either: the wait is the
+    # client's (send_timeout), not the upstream's, whatever proxy_read_timeout says
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{ proxy_read_timeout 1s; send_timeout 10s;\n"
+        "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }} }}",
+        a=backend.address,
+    )
+    size = 32 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(b"GET /bytes?n=%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % size)
+        head, body = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        time.sleep(2.5)  # every buffer on the way fills, and stays full past the timeout
+        received = len(body)
+        while True:
+            chunk = sock.recv(1024 * 1024)
+            if not chunk:
+                break
+            received += len(chunk)
+    assert received == size
+    assert "timed out" not in error_log(server)
+
+
 def test_an_absolute_form_target_goes_upstream_in_origin_form(portico, backends) -> None:  # type: ignore[no-untyped-def]
     backend = backends("a")
     server = portico(

@@ -370,3 +370,16 @@ def test_a_filter_answers_a_repeated_block_alike_and_stays_bounded() -> None:
     assert first == again
     assert first[7] == (b"Date: 7\r\nX-Kept: 2\r\n", 2)
     assert len(response_filter.memo) <= 256
+
+
+def test_proxy_host_known_per_location_is_rendered_once_and_alike() -> None:
+    set_headers = [("X-Up", "$proxy_host:81"), ("X-Mixed", "$proxy_host/$host")]
+    compiled = [(name, compile_template(value)) for name, value in set_headers]
+    per_request = compile_request(None, "/", compiled, keepalive=True)
+    folded = compile_request(None, "/", compiled, keepalive=True, proxy_host="app")
+    request = FakeRequest(proxy_host="app")
+    assert head_lines(folded, request) == head_lines(per_request, request)
+    assert b"Host: app\r\n" in folded.constant_block
+    assert b"X-Up: app:81\r\n" in folded.constant_block
+    # a value that needs the request stays per request
+    assert [lower for lower, _, _ in folded.dynamic] == ["x-mixed"]
