@@ -1038,13 +1038,20 @@ def test_upgrade_opens_a_tunnel_both_ways(front: Front) -> None:
         assert names["sec-websocket-key"] == "dGhlIHNhbXBsZSBub25jZQ=="
 
 
+@contextlib.contextmanager
+def tunnel(port: int) -> Iterator[socket.socket]:
+    """A connection upgraded through portico (the backend echoes every byte)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(UPGRADE)
+        head, rest = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ") and rest == b""
+        yield sock
+
+
 def test_a_tunnel_closes_both_ways(front: Front) -> None:
     backend = front.backend
     closed = backend.stats.closed_by_peer
-    with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
-        sock.sendall(UPGRADE)
-        head, _ = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
+    with tunnel(front.port) as sock:
         sock.sendall(b"ping")
         assert read_exactly(sock, 4) == b"ping"
     # the client went away: the backend's side of the tunnel is closed too
@@ -1056,10 +1063,7 @@ def test_a_tunnel_delivers_the_last_bytes_before_the_client_closes(front: Front)
     reaches the backend before the backend's side is closed."""
     backend = front.backend
     closed = backend.stats.closed_by_peer
-    with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
-        sock.sendall(UPGRADE)
-        head, _ = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
+    with tunnel(front.port) as sock:
         before = backend.stats.tunnel_bytes
         sock.sendall(b"last words")
         sock.shutdown(socket.SHUT_WR)
@@ -1135,14 +1139,18 @@ def test_a_refused_upload_does_not_take_peers_out(portico, backends) -> None:  #
     assert "no live upstreams" not in error_log(server)
 
 
-def test_a_slow_upload_is_not_cut_by_the_read_timeout(portico, backends) -> None:  # type: ignore[no-untyped-def]
-    # proxy_read_timeout counts once the whole request is out, as nginx
-    backend = backends("a")
-    server = portico(
-        "events {{}} http {{ client_body_timeout 3s; proxy_read_timeout 1s;\n"
+def proxy_to(portico, backend, http_settings: str):  # type: ignore[no-untyped-def]
+    """A portico proxying everything to ``backend``, with ``http_settings``."""
+    return portico(
+        "events {{}} http {{ " + http_settings + "\n"
         "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }} }}",
         a=backend.address,
     )
+
+
+def test_a_slow_upload_is_not_cut_by_the_read_timeout(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    # proxy_read_timeout counts once the whole request is out, as nginx
+    server = proxy_to(portico, backends("a"), "client_body_timeout 3s; proxy_read_timeout 1s;")
 
     def slowly() -> Iterable[bytes]:
         for _ in range(4):
@@ -1157,12 +1165,7 @@ def test_a_slow_upload_is_not_cut_by_the_read_timeout(portico, backends) -> None
 def test_a_slow_download_is_not_cut_by_the_read_timeout(portico, backends) -> None:  # type: ignore[no-untyped-def]
     # while our client does not read, the upstream is not read either: the wait is the
     # client's (send_timeout), not the upstream's, whatever proxy_read_timeout says
-    backend = backends("a")
-    server = portico(
-        "events {{}} http {{ proxy_read_timeout 1s; send_timeout 10s;\n"
-        "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }} }}",
-        a=backend.address,
-    )
+    server = proxy_to(portico, backends("a"), "proxy_read_timeout 1s; send_timeout 10s;")
     size = 32 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
