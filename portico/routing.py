@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from portico.http.uri import MEMO_KEY_MAX
+
 
 class NamedServer(Protocol):
     @property
@@ -154,14 +156,21 @@ class _Level(Generic[L]):
     nested: dict[int, _Level[L]] = field(default_factory=dict)  # by id(location)
 
 
+FOUND_MEMO_SIZE = 4096
+
+
 class LocationTree(Generic[L]):
     """The locations of one server, ready for matching."""
 
-    __slots__ = ("_named", "_root")
+    __slots__ = ("_found", "_named", "_root")
 
     def __init__(self, locations: Iterable[L]) -> None:
         self._named: dict[str, L] = {}
         self._root: _Level[L] = self._level(locations)
+        # URIs matched before: clients ask for the same few again and again, and a
+        # server with many regex locations would otherwise try them all each time
+        # (bounded as uri.parse_target's table is)
+        self._found: dict[str, tuple[L | None, re.Match[str] | None]] = {}
 
     def _level(self, locations: Iterable[L]) -> _Level[L]:
         level: _Level[L] = _Level()
@@ -188,8 +197,15 @@ class LocationTree(Generic[L]):
     def find(self, uri: str) -> tuple[L | None, re.Match[str] | None]:
         """The location for a normalized URI, and the regex match that chose it (for
         ``$1``... and named captures). None when no location matches at all."""
-        _, location, match = self._find(self._root, uri)
-        return location, match
+        found = self._found.get(uri)
+        if found is None:
+            _, location, match = self._find(self._root, uri)
+            found = (location, match)
+            if len(uri) <= MEMO_KEY_MAX:
+                if len(self._found) >= FOUND_MEMO_SIZE:
+                    self._found.clear()
+                self._found[uri] = found
+        return found
 
     def _find(self, level: _Level[L], uri: str) -> tuple[bool, L | None, re.Match[str] | None]:
         # returns (final, location, match): final means an exact or regex location was

@@ -112,9 +112,11 @@ def _split_absolute_form(target: bytes) -> tuple[bytes, bytes]:
 
 
 # Targets seen lately → (path, query, authority): clients ask for the same few URIs
-# again and again (a bounded table, emptied when full; invalid targets are not kept).
+# again and again (a bounded table, emptied when full; invalid targets are not kept,
+# nor long ones, so that it stays small: at most 4096 of 512 bytes).
 _TARGETS: dict[bytes, tuple[str, str, bytes | None]] = {}
 _TARGETS_MAX = 4096
+MEMO_KEY_MAX = 512
 
 
 def parse_target(target: bytes) -> tuple[str, str, bytes | None]:
@@ -130,9 +132,10 @@ def parse_target(target: bytes) -> tuple[str, str, bytes | None]:
             raw_query.decode("latin-1"),
             target_authority(target),
         )
-        if len(_TARGETS) >= _TARGETS_MAX:
-            _TARGETS.clear()
-        _TARGETS[target] = parts
+        if len(target) <= MEMO_KEY_MAX:
+            if len(_TARGETS) >= _TARGETS_MAX:
+                _TARGETS.clear()
+            _TARGETS[target] = parts
     return parts
 
 

@@ -163,3 +163,30 @@ def test_regex_captures_are_returned() -> None:
     location, match = t.find("/u/bob/42")
     assert location is not None
     assert match is not None and match.group("user") == "bob" and match.group(2) == "42"
+
+
+def test_a_uri_asked_again_finds_the_same_location_and_captures() -> None:
+    t = tree("location / { } location ~ ^/u/(\\w+)$ { } location = /x { }")
+
+    def answers() -> list[tuple[str | None, str | None]]:
+        found = [t.find(uri) for uri in ("/", "/u/ann", "/u/bob", "/x", "/x/", "/u/" + "a" * 600)]
+        return [
+            (location.name if location else None, match.group(1) if match else None)
+            for location, match in found
+        ]
+
+    first = answers()
+    assert first[1] == ("~ ^/u/(\\w+)$", "ann") and first[2] == ("~ ^/u/(\\w+)$", "bob")
+    assert answers() == first  # from the memo now (all but the long URI)
+
+
+def test_the_memo_of_found_uris_stays_bounded() -> None:
+    from portico.routing import FOUND_MEMO_SIZE
+
+    t = tree("location / { }")
+    for i in range(FOUND_MEMO_SIZE + 10):
+        assert find(t, f"/{i}") is not None
+    assert len(t._found) <= FOUND_MEMO_SIZE
+    long_uri = "/" + "a" * 600
+    assert find(t, long_uri) is not None
+    assert long_uri not in t._found  # long URIs are matched, never kept
