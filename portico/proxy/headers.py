@@ -217,6 +217,7 @@ def _lines_named(names: Iterable[bytes]) -> re.Pattern[bytes]:
 # Header blocks filtered before, per location: a backend sends the same head again and
 # again (only Date changes, once a second), so most answers are one dict lookup.
 _MEMO_SIZE = 256
+_MEMO_BLOCK_MAX = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +237,11 @@ class ResponseFilter:
         known = memo.get(block)
         if known is not None:
             return known
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        known = memo[block] = self._filter(block)
+        known = self._filter(block)
+        if len(block) <= _MEMO_BLOCK_MAX:  # a big head is rare, and would fill memory
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[block] = known
         return known
 
     def _filter(self, block: bytes) -> tuple[bytes, int]:

@@ -117,6 +117,8 @@ class UpstreamConnection(asyncio.Protocol):
                 exchange.response_data(event)  # type: ignore[arg-type]
 
     def eof_received(self) -> bool | None:
+        # returning None lets the transport close itself: what is held for it goes first
+        self.group.worker.outbox.flush()
         if self.tunnel is not None:
             self.tunnel.close()
             return None

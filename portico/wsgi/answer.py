@@ -79,7 +79,7 @@ class WsgiAnswer:
     def broken(self, text: str) -> None:
         """Handling an event failed (a bug of ours): log it, end the answer."""
         self._log_error(text)
-        self.done = True
+        self.cancel()  # the app side stops too (a threaded one may be waiting to go on)
         if not self.sent_head:
             self.conn.send_error(self.request, 500)
         else:

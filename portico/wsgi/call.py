@@ -87,6 +87,7 @@ _OWN_NAMES = frozenset({"date"})
 # Pairs checked before (an app sends the same few again and again), bounded.
 _CHECKED: dict[tuple[str, str], tuple[bytes, int]] = {}
 _CHECKED_MAX = 4096
+_CHECKED_LINE_MAX = 512
 
 
 def check_headers(status: Any, headers: Any) -> tuple[bytes, int | None]:
@@ -113,9 +114,10 @@ def check_headers(status: Any, headers: Any) -> tuple[bytes, int | None]:
             known = None
         if known is None:
             known = _check_header(item)
-            if len(checked) >= _CHECKED_MAX:
-                checked.clear()
-            checked[item] = known
+            if len(known[0]) <= _CHECKED_LINE_MAX:  # long values are rare and vary
+                if len(checked) >= _CHECKED_MAX:
+                    checked.clear()
+                checked[item] = known
         line, meaning = known
         if meaning == _LINE:
             lines.append(line)

@@ -383,3 +383,10 @@ def test_proxy_host_known_per_location_is_rendered_once_and_alike() -> None:
     assert b"X-Up: app:81\r\n" in folded.constant_block
     # a value that needs the request stays per request
     assert [lower for lower, _, _ in folded.dynamic] == ["x-mixed"]
+
+
+def test_a_big_header_block_is_filtered_but_not_remembered() -> None:
+    response_filter = compile_response([], [])
+    block = b"\nX-Big: " + b"b" * 4000 + b"\r\nConnection: close\r\n"
+    assert response_filter.headers(block) == (b"X-Big: " + b"b" * 4000 + b"\r\n", 0)
+    assert block not in response_filter.memo

@@ -55,3 +55,11 @@ def test_a_bad_header_is_refused_every_time(item: object) -> None:
 def test_a_bad_status_is_refused(status: object) -> None:
     with pytest.raises(AssertionError):
         check_headers(status, [])
+
+
+def test_a_long_header_value_is_checked_every_time_and_not_remembered() -> None:
+    from portico.wsgi.call import _CHECKED
+
+    pair = ("X-Echo", "v" * 2000)
+    assert check_headers("200 OK", [pair]) == (b"X-Echo: " + b"v" * 2000 + b"\r\n", None)
+    assert pair not in _CHECKED
