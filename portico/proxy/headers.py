@@ -63,6 +63,10 @@ def connection_tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+_PASSING_SIZE = 1024
+_PASSING_NAME_MAX = 64
+
+
 @dataclass(frozen=True, slots=True)
 class RequestTemplate:
     """Everything about the upstream request that is known when the config loads."""
@@ -77,6 +81,9 @@ class RequestTemplate:
     # our own Connection line ("close" without keep-alive), unless set_header owns it
     connection: bytes
     version: bytes = b"HTTP/1.1"  # proxy_http_version
+    # client header names seen before → their lowercase form if they go on, "" if
+    # not (hop-by-hop, or owned by a set_header line): decided once per name
+    passing: dict[bytes, str] = field(default_factory=dict, compare=False)
 
     def target(self, request: Any) -> bytes:
         """The request-target to send."""
@@ -120,11 +127,19 @@ class RequestTemplate:
         overridden = self.overridden
         connection = request.headers.get("connection")
         named = connection_tokens(connection) if connection else ()
+        passing = self.passing
         for name, value in request.head.raw_headers:
-            lower = _lower(name)
-            if lower in _REQUEST_DROPPED or lower in overridden or lower in named:
-                continue
-            lines.append(name + b": " + value + b"\r\n")
+            lower = passing.get(name)
+            if lower is None:
+                lower = _lower(name)
+                if lower in _REQUEST_DROPPED or lower in overridden:
+                    lower = ""
+                if len(name) <= _PASSING_NAME_MAX:
+                    if len(passing) >= _PASSING_SIZE:
+                        passing.clear()
+                    passing[name] = lower
+            if lower and (not named or lower not in named):
+                lines += (name, b": ", value, b"\r\n")
         if upgrade is not None:
             # a tunnel: the client's Upgrade goes on (unless set_header says otherwise)
             if "upgrade" not in overridden:

@@ -390,3 +390,13 @@ def test_a_big_header_block_is_filtered_but_not_remembered() -> None:
     block = b"\nX-Big: " + b"b" * 4000 + b"\r\nConnection: close\r\n"
     assert response_filter.headers(block) == (b"X-Big: " + b"b" * 4000 + b"\r\n", 0)
     assert block not in response_filter.memo
+
+
+def test_a_name_dropped_for_one_request_by_its_connection_header_goes_on_for_the_next() -> None:
+    tmpl = template(set_headers=[("X-Owned", "ours")], keepalive=True)
+    hop = FakeRequest(headers=[("Host", "h"), ("Connection", "X-Foo"), ("X-Foo", "1")])
+    plain = FakeRequest(headers=[("Host", "h"), ("X-Foo", "2"), ("X-Owned", "theirs")])
+    for _ in range(2):  # the second time from the template's memo of names
+        assert header_values(head_lines(tmpl, hop), "x-foo") == []
+        assert header_values(head_lines(tmpl, plain), "x-foo") == ["2"]
+        assert header_values(head_lines(tmpl, plain), "x-owned") == ["ours"]
