@@ -9,7 +9,9 @@ anything waits, so a client cannot make us buffer without bound.
 
 Handlers answer through ``send_head``/``send_data``/``finish`` or ``send_response``
 (everything at once). ``finish`` logs the request, then either closes the connection or
-makes it idle and looks at the queue again.
+makes it idle and looks at the queue again. Every byte goes out through the worker's
+outbox (outbox.py): held until the loop's pass ends, so anything that must follow what
+was written on the socket itself (close, EOF, sendfile) flushes it first.
 
 States: ``IDLE`` (waiting for a request; keep-alive), ``HEAD`` (part of a head has
 arrived), ``BUSY`` (an exchange is in progress), ``LINGER`` (we have said our last word
