@@ -42,6 +42,7 @@ from harness import (
     http_get,
     nginx_server,
     portico_server,
+    run_script,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -336,4 +337,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
         sys.exit(client_main(sys.argv[2:]))
-    sys.exit(main())
+    run_script(main)

@@ -72,6 +72,7 @@ from harness import (
     open_fds,
     portico_server,
     rss_kb,
+    run_script,
 )
 
 CONFIG_TEMPLATE = """\
@@ -602,8 +603,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
         sys.exit(client_main(sys.argv[2:]))
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/connections.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)

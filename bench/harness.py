@@ -48,6 +48,16 @@ class BenchError(Exception):
     """A benchmark could not run as set up (a server did not start, wrk failed)."""
 
 
+def run_script(main: Callable[[], int]) -> None:
+    """A script's entry point: exits with ``main()``'s status; a BenchError is one
+    line on stderr (the script's name, what went wrong) and status 1."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench/{Path(sys.argv[0]).name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def ensure_peers() -> None:
     """Install nginx, wrk, gunicorn and granian if missing (bench/setup.sh)."""
     subprocess.run(["bash", str(BENCH_DIR / "setup.sh")], check=True, timeout=900)

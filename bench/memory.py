@@ -48,6 +48,7 @@ from harness import (
     portico_server,
     pss_kb,
     rss_kb,
+    run_script,
     run_wrk,
 )
 from static import CONFIG_TEMPLATE as STATIC_TEMPLATE
@@ -246,8 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/memory.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)

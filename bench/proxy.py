@@ -52,6 +52,7 @@ from harness import (
     print_load_cpu,
     print_ratios,
     print_table,
+    run_script,
     run_wrk,
 )
 
@@ -314,8 +315,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/proxy.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)

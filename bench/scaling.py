@@ -49,6 +49,7 @@ from harness import (
     median,
     portico_server,
     print_table,
+    run_script,
     run_wrk,
     summarize,
 )
@@ -328,8 +329,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/scaling.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import WRK_CPU, ensure_peers, free_port, nginx_server, portico_server
+from harness import WRK_CPU, ensure_peers, free_port, nginx_server, portico_server, run_script
 
 CONFIG = """\
 worker_processes 1;
@@ -200,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_slow":
         sys.exit(slow_main(sys.argv[2:]))
-    sys.exit(main())
+    run_script(main)

@@ -40,6 +40,7 @@ from harness import (
     portico_server,
     print_ratios,
     print_table,
+    run_script,
     run_wrk,
 )
 
@@ -224,8 +225,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/static.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)

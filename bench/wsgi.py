@@ -53,6 +53,7 @@ from harness import (
     print_load_cpu,
     print_ratios,
     print_table,
+    run_script,
     run_wrk,
 )
 
@@ -271,8 +272,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench/wsgi.py: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)
