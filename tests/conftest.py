@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import Backend
+
 START_TIMEOUT = 10.0
 # what asyncio/uvloop print when an exception escapes a protocol or a callback
 _LOOP_ERRORS = re.compile(
@@ -130,6 +132,21 @@ class Portico:
             os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()
         return self.process.returncode
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    """Start in-process backends (tests/backends.py); all stop when the test ends."""
+    started: list[Backend] = []
+
+    def start(name: str = "a", **options: object) -> Backend:
+        backend = Backend(name, **options).start()  # type: ignore[arg-type]
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()
 
 
 @pytest.fixture

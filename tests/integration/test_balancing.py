@@ -28,20 +28,6 @@ TIMEOUT = 5.0
 
 
 @pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    started: list[Backend] = []
-
-    def start(name: str, **options: object) -> Backend:
-        backend = Backend(name, **options).start()  # type: ignore[arg-type]
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
-
-
-@pytest.fixture
 def processes() -> Iterator[Callable[..., BackendProcess]]:
     """Backends as processes of their own (killed at the end of the test)."""
     started: list[BackendProcess] = []

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -31,21 +31,6 @@ MB = 1024 * 1024
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    """Start in-process backends; all of them are stopped when the test ends."""
-    started: list[Backend] = []
-
-    def start(name: str = "a", **options: object) -> Backend:
-        backend = Backend(name, **options).start()  # type: ignore[arg-type]
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
 
 
 class Response:
