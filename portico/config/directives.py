@@ -216,6 +216,11 @@ class Listen:
         return "inet6" if ":" in self.host else "inet"
 
     @property
+    def is_wildcard(self) -> bool:
+        """``*:PORT`` or ``[::]:PORT``: every address of the port."""
+        return self.path is None and self.host in ("", "::")
+
+    @property
     def key(self) -> tuple[str, str, int]:
         """What identifies the listening socket: two servers with one key share it."""
         return (self.family, self.path or self.host, self.port)

@@ -32,11 +32,7 @@ class BindError(PorticoError):
 
 
 def wildcard_ports(listens: Iterable[Listen]) -> set[tuple[str, int]]:
-    return {
-        (listen.family, listen.port)
-        for listen in listens
-        if listen.path is None and listen.host in ("", "::")
-    }
+    return {(listen.family, listen.port) for listen in listens if listen.is_wildcard}
 
 
 def socket_key(listen: Listen, wildcards: set[tuple[str, int]]) -> SocketKey:
@@ -51,19 +47,16 @@ def socket_key(listen: Listen, wildcards: set[tuple[str, int]]) -> SocketKey:
 
 
 def plan(config: Config) -> dict[SocketKey, Listen]:
-    """Every socket the config needs, with the ``listen`` whose options it takes
-    (the wildcard's own line when there is one)."""
+    """Every socket the config needs, with the ``listen`` whose options it takes: the
+    first line for its address, except that a wildcard socket takes the wildcard's own
+    line over the specific addresses folded into it."""
     listens = [listen for server in config.http.servers for listen in server.listens]
     wildcards = wildcard_ports(listens)
     sockets: dict[SocketKey, Listen] = {}
     for listen in listens:
         key = socket_key(listen, wildcards)
-        own = (
-            listen.path is not None
-            or listen.host in ("", "::")
-            or (listen.family, listen.port) not in wildcards
-        )
-        if key not in sockets or (own and sockets[key].host not in ("", "::")):
+        taken = sockets.get(key)
+        if taken is None or (listen.is_wildcard and not taken.is_wildcard):
             sockets[key] = listen
     return sockets
 
