@@ -48,6 +48,14 @@ class Wheel:
         self._buckets: dict[int, list[Timed]] = {}
         self._next = int(now / resolution)
 
+    def set_deadline(self, item: Timed, deadline: float) -> None:
+        """Give ``item`` a new deadline. It is filed again only when the new one comes
+        before the bucket it waits in; a later one is found there and refiled then."""
+        item.deadline = deadline
+        slot = item.wheel_slot
+        if slot == 0 or deadline < (slot - 1) * self.resolution:
+            self.watch(item)
+
     def watch(self, item: Timed) -> None:
         """File ``item`` by its current deadline (call after setting an earlier one)."""
         deadline = item.deadline

@@ -548,10 +548,7 @@ class HttpConnection(asyncio.Protocol):
         if timeout is None:
             self.deadline = None
             return
-        self.deadline = deadline = time.monotonic() + timeout
-        slot = self.wheel_slot
-        if slot == 0 or deadline < (slot - 1) * self.worker.wheel.resolution:
-            self.worker.wheel.watch(self)
+        self.worker.wheel.set_deadline(self, time.monotonic() + timeout)
 
     def on_timeout(self) -> None:
         state = self.state

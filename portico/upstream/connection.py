@@ -207,11 +207,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def set_deadline(self, kind: str, timeout: float) -> None:
         self.timeout_kind = kind
-        self.deadline = deadline = time.monotonic() + timeout
-        slot = self.wheel_slot
-        wheel = self.group.wheel
-        if slot == 0 or deadline < (slot - 1) * wheel.resolution:
-            wheel.watch(self)
+        self.group.wheel.set_deadline(self, time.monotonic() + timeout)
 
     def on_timeout(self) -> None:
         if self.tunnel is not None:

@@ -54,6 +54,18 @@ def test_moving_earlier_files_again() -> None:
     assert len(item.fired) == 1 and 1.0 <= item.fired[0] < 1.5
 
 
+def test_set_deadline_refiles_only_when_earlier() -> None:
+    wheel = Wheel(0.25)
+    item = Item(None)
+    wheel.set_deadline(item, 5.0)
+    wheel.set_deadline(item, 6.0)  # later: no second entry
+    assert len(wheel) == 1
+    wheel.set_deadline(item, 1.0)  # earlier: filed again
+    assert len(wheel) == 2
+    run(wheel, [item], 7.0)
+    assert len(item.fired) == 1 and 1.0 <= item.fired[0] < 1.5
+
+
 def test_cleared_deadline_never_fires() -> None:
     wheel = Wheel(0.25)
     item = Item(1.0)
