@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from portico.http.parser import header_name
 from portico.http.uri import quote_path, split_target
 from portico.variables import Template, compile_template
 
@@ -131,7 +132,7 @@ class RequestTemplate:
         for name, value in request.head.raw_headers:
             lower = passing.get(name)
             if lower is None:
-                lower = _lower(name)
+                lower = header_name(name)
                 if lower in _REQUEST_DROPPED or lower in overridden:
                     lower = ""
                 if len(name) <= _PASSING_NAME_MAX:
@@ -154,19 +155,6 @@ class RequestTemplate:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
-
-
-_LOWER: dict[bytes, str] = {}
-
-
-def _lower(name: bytes) -> str:
-    """A header name, lowercase, as str (remembered: the same names come again)."""
-    lower = _LOWER.get(name)
-    if lower is None:
-        lower = name.lower().decode("latin-1")
-        if len(_LOWER) < 4096:
-            _LOWER[name] = lower
-    return lower
 
 
 def _encode_value(value: str) -> bytes:

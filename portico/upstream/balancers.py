@@ -167,11 +167,6 @@ class Peer:
         """The configured address, as in :attr:`PeerSpec.address`."""
         return self.spec.address
 
-    @property
-    def weight(self) -> int:
-        """The configured weight."""
-        return self.spec.weight
-
     def __repr__(self) -> str:
         return f"<Peer {self.spec.address} active={self.active} fails={self.fails}>"
 
@@ -319,6 +314,11 @@ class Balancer:
                 peer._take()
                 return peer
         return None
+
+    def has_untried(self, tried: Collection[Peer]) -> bool:
+        """Whether a server not in ``tried`` could take an attempt now (primary or backup)."""
+        now = self._clock()
+        return any(_usable(p, now, tried) for tier in self._tiers for p in tier.peers)
 
     def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
         """Report the end of an attempt: ``elapsed`` seconds, and whether it ``failed``.

@@ -35,7 +35,6 @@ class UpstreamGroup:
         worker: Any = None,
     ) -> None:
         self.worker = worker  # told of every connection opened and lost (capacity)
-        self.conf = conf
         self.name = conf.name
         self.wheel = wheel
         self.balancer = make_balancer(
@@ -43,6 +42,14 @@ class UpstreamGroup:
         )
         self.method = conf.method.name
         self.hash_key = conf.method.key
+        # what the method hashes, chosen once (None: it hashes nothing)
+        self._key: Callable[[Request], bytes] | None = (
+            self._client_address
+            if self.method == "ip_hash"
+            else self._hash_value
+            if self.hash_key is not None
+            else None
+        )
         self.keepalive = conf.keepalive
         self.keepalive_requests = conf.keepalive_requests
         self.keepalive_timeout = conf.keepalive_timeout
@@ -54,29 +61,27 @@ class UpstreamGroup:
 
     # -- choosing ----------------------------------------------------------------------
 
-    def key(self, request: Request) -> bytes:
-        method = self.method
-        if method == "ip_hash":
-            addr = request.conn.remote_addr
-            try:
-                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-                return socket.inet_pton(family, addr)
-            except OSError:
-                return addr.encode()
-        if self.hash_key is not None:
-            return self.hash_key.render(request).encode("utf-8", "surrogateescape")
-        return b""
+    def _client_address(self, request: Request) -> bytes:
+        """ip_hash's key: the client's address as inet_pton gives it."""
+        addr = request.conn.remote_addr
+        try:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            return socket.inet_pton(family, addr)
+        except OSError:
+            return addr.encode()
+
+    def _hash_value(self, request: Request) -> bytes:
+        """hash KEY's key: the rendered template."""
+        assert self.hash_key is not None
+        return self.hash_key.render(request).encode("utf-8", "surrogateescape")
 
     def pick(self, request: Request, tried: Collection[Peer]) -> Peer | None:
-        return self.balancer.pick(self.key(request) if self.method != "round_robin" else b"", tried)
+        key = self._key
+        return self.balancer.pick(key(request) if key is not None else b"", tried)
 
     def has_untried(self, tried: Collection[Peer]) -> bool:
         """Whether a peer that was not tried could still take an attempt."""
-        now = time.monotonic()
-        return any(
-            peer not in tried and not peer.spec.down and peer.is_available(now)
-            for peer in (*self.balancer.peers, *self.balancer.backups)
-        )
+        return self.balancer.has_untried(tried)
 
     def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
         self.balancer.done(peer, elapsed, failed)

@@ -686,3 +686,23 @@ def test_random_two_balances_concurrent_load() -> None:
     for _ in range(400):
         assert bal.pick() is not None
     assert max(p.active for p in bal.peers) - min(p.active for p in bal.peers) <= 2
+
+
+def test_has_untried_counts_backups_and_skips_down_tried_and_taken_out_peers() -> None:
+    bal, clock = build(
+        "round_robin",
+        s("a", max_fails=1, fail_timeout=10.0),
+        s("b", down=True),
+        s("c", backup=True),
+    )
+    a, _ = bal.peers
+    (c,) = bal.backups
+    assert bal.has_untried([])
+    assert bal.has_untried([a])  # the backup is left
+    assert not bal.has_untried([a, c])  # b is down
+    picked = bal.pick()
+    assert picked is a
+    bal.done(a, 0.01, failed=True)  # a is taken out for fail_timeout
+    assert not bal.has_untried([c])
+    clock.advance(11.0)
+    assert bal.has_untried([c])  # a may have its trial
