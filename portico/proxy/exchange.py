@@ -341,14 +341,18 @@ class ProxyExchange:
         self.request.upstream_sets = own
         return headers
 
+    def _end_attempt(self, failed: bool) -> None:
+        """An attempt is over, whatever its end: its time for $upstream_response_time,
+        its outcome for the balancer (``failed`` feeds max_fails)."""
+        elapsed = time.monotonic() - self.attempt_started
+        self.times.append(elapsed)
+        if self.peer is not None:
+            self.group.done(self.peer, elapsed, failed)
+
     def complete_attempt(self, reusable: bool) -> None:
         """The upstream's part is over: account, and keep or close the connection."""
         self.finished = True
-        elapsed = time.monotonic() - self.attempt_started
-        self.times.append(elapsed)
-        peer = self.peer
-        if peer is not None:
-            self.group.done(peer, elapsed, False)
+        self._end_attempt(failed=False)
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:
@@ -379,10 +383,9 @@ class ProxyExchange:
             self.finished = True
             if upstream is not None:
                 upstream.close()
-            if self.peer is not None:
-                # nginx counts no failure once the answer has begun: a cut answer does
-                # not take the peer out
-                self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
+            # nginx counts no failure once the answer has begun: a cut answer does not
+            # take the peer out
+            self._end_attempt(failed=False)
             self.conn.cut(self.request)
             return
         if (
@@ -407,23 +410,17 @@ class ProxyExchange:
     def attempt_failed(
         self, kind: str, message: str, failed: bool = True, log_level: str = "error"
     ) -> None:
-        peer = self.peer
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:
             upstream.close()
-        elapsed = time.monotonic() - self.attempt_started
+        self.last_status = 504 if kind == "timeout" else 502
         if not kind.startswith("http_"):
-            self.times.append(elapsed)
-            self.statuses.append(504 if kind == "timeout" else 502)
-        else:
-            self.times.append(elapsed)
-        if peer is not None:
-            self.group.done(peer, elapsed, failed)
+            self.statuses.append(self.last_status)  # an http_* answer has its own
+        self._end_attempt(failed)
         self.conn.worker.site.error(
             self.request, f'{message}, upstream: "{self._peer_url()}"', level=log_level
         )
-        self.last_status = 504 if kind == "timeout" else 502
         if self.can_retry(kind):
             self.try_peer()
             return
@@ -467,7 +464,7 @@ class ProxyExchange:
         upstream = self.upstream
         self.upstream = None
         if not self.finished and self.peer is not None:
-            self.group.done(self.peer, time.monotonic() - self.attempt_started, False)
+            self._end_attempt(failed=False)
         self.finished = True
         if upstream is not None:
             upstream.abort()
@@ -490,10 +487,7 @@ class ProxyExchange:
         self.statuses.append(101)
         self.response_started = True
         self.finished = True
-        elapsed = time.monotonic() - self.attempt_started
-        self.times.append(elapsed)
-        if self.peer is not None:
-            self.group.done(self.peer, elapsed, False)
+        self._end_attempt(failed=False)
         headers = self._headers(head)
         upgrade = next(
             (value.decode("latin-1") for name, value in head.headers if name.lower() == b"upgrade"),

@@ -13,6 +13,7 @@ import http.client
 import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -972,6 +973,38 @@ def test_upstream_variables_show_every_peer_tried(portico, backends) -> None:
         lines["/busy/1"],
     ), lines["/busy/1"]
     assert re.fullmatch(rf'/one/1 200 "{b.address}" "200" "{times}"', lines["/one/1"])
+
+
+def test_every_attempt_has_a_time_even_when_the_answer_is_cut_or_abandoned(
+    portico,  # type: ignore[no-untyped-def]
+    backends,  # type: ignore[no-untyped-def]
+) -> None:
+    backend = backends("a")
+    server = portico(
+        """
+        worker_processes 1;
+        events {{ }}
+        http {{
+            log_format up '$request_uri "$upstream_addr" "$upstream_response_time"';
+            access_log {dir}/access.log up;
+            server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }}
+        }}
+        """,
+        a=backend.address,
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_until_close(sock).startswith(b"HTTP/1.1 200 ")  # then cut mid-body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /slow?ms=500 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)  # the exchange is under way; the client goes away (a reset)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.2)  # portico sees the reset and logs the request (499)
+    lines = {line.split()[0]: line for line in access_log_lines(server)}
+    for uri in ("/cut", "/slow?ms=500"):
+        assert re.fullmatch(rf'{re.escape(uri)} "{backend.address}" "\d+\.\d{{3}}"', lines[uri]), (
+            lines[uri]
+        )
 
 
 # -- Upgrade tunnels ---------------------------------------------------------------------
