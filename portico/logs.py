@@ -9,10 +9,15 @@ Error log lines look like nginx's::
 
 Access log lines are rendered from a compiled ``log_format``: each variable's value is
 escaped as nginx's ``escape=default`` does (``"`` and ``\\`` and bytes outside printable
-ASCII become ``\\xHH``), and an empty value is written ``-``. Lines are buffered per file
-and written when the buffer fills or on the periodic flush, so logging costs no system
-call per request. Files are opened in append mode, so several workers can share one
-file and ``reopen`` (USR1, after logrotate moved the file) starts a new one.
+ASCII become ``\\xHH``), and an empty value is written ``-``. Values are text: a
+character up to U+00FF is written as its latin-1 byte (header values arrive as latin-1),
+one beyond as its UTF-8 bytes (so a raw byte that was not UTF-8 comes out as itself). A
+decoded path's "é" is thus ``\\xE9``, where nginx, which logs bytes, writes ``\\xC3\\xA9``.
+
+Lines are buffered per file and written when the buffer fills or on the periodic flush,
+so logging costs no system call per request. Files are opened in append mode, so
+several workers can share one file and ``reopen`` (USR1, after logrotate moved the file)
+starts a new one.
 """
 
 from __future__ import annotations
@@ -32,8 +37,17 @@ _LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
 _ESCAPE_TABLE = {c: f"\\x{c:02X}" for c in range(256) if c < 0x20 or c >= 0x7F}
 _ESCAPE_TABLE[ord('"')] = "\\x22"
 _ESCAPE_TABLE[ord("\\")] = "\\x5C"
-# one C-level scan finds whether a value needs escaping at all (most do not)
-_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\x7f-\xff]')
+# one C-level scan finds whether a value needs escaping at all (most do not): anything
+# but printable ASCII, and " and \
+_NEEDS_ESCAPE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _escape_char(c: str) -> str:
+    if ord(c) < 256:
+        return _ESCAPE_TABLE.get(ord(c), c)
+    # beyond latin-1: a character of a UTF-8 path, or a byte that was not UTF-8
+    # (surrogateescape): its bytes, as nginx writes them
+    return "".join(f"\\x{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
 
 
 def escape_default(value: str) -> str:
@@ -41,7 +55,7 @@ def escape_default(value: str) -> str:
         return "-"
     if _NEEDS_ESCAPE.search(value) is None:
         return value
-    return "".join(_ESCAPE_TABLE.get(ord(c), c) if ord(c) < 256 else c for c in value)
+    return "".join(map(_escape_char, value))
 
 
 def escape_json(value: str) -> str:
