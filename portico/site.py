@@ -576,12 +576,13 @@ class Site:
                 conn.number,
             )
 
-    def log_rejected(self, conn: HttpConnection, status: int, sent: int) -> None:
-        """Access log line for a request that never became a Request (unparsable)."""
+    def log_rejected(self, conn: HttpConnection, status: int, head: int, body: int) -> None:
+        """Access log line for a request that never became a Request (unparsable);
+        ``head`` and ``body`` are the sizes of the error answer's parts."""
         logs = conn.binding.default.implicit.access_logs
         if not logs:
             return
-        stub = _Rejected(conn, status, sent)
+        stub = _Rejected(conn, status, head, body)
         for log in logs:
             log.write(stub)
 
@@ -601,11 +602,11 @@ class _Rejected:
     """What the access log sees of a request that could not be parsed: nginx logs
     these too, with the status and an empty request line."""
 
-    def __init__(self, conn: HttpConnection, status: int, sent: int) -> None:
+    def __init__(self, conn: HttpConnection, status: int, head: int, body: int) -> None:
         self.conn = conn
         self.status = status
-        self.bytes_sent = sent
-        self.body_bytes_sent = sent
+        self.bytes_sent = head + body
+        self.body_bytes_sent = body
         self.headers: dict[str, str] = {}
         self.method = ""
         self.target_str = ""

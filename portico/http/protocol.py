@@ -539,7 +539,7 @@ class HttpConnection(asyncio.Protocol):
             )
         )
         self.write(head + body)
-        self.worker.site.log_rejected(self, status, len(head) + len(body))
+        self.worker.site.log_rejected(self, status, len(head), len(body))
         self.linger()
 
     # -- closing and timeouts ----------------------------------------------------------

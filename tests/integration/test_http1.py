@@ -526,3 +526,21 @@ def test_idle_connection_without_a_request_is_closed(server: Server) -> None:
     assert closed, "a silent connection was kept open"
     assert 0.7 <= waited <= 3.0, f"closed after {waited:.2f}s with client_header_timeout 1s"
     assert rest == b"", "nothing was asked, nothing is answered (nginx closes quietly)"
+
+
+def test_a_rejected_request_logs_its_body_and_whole_sizes_apart(portico) -> None:  # type: ignore[no-untyped-def]
+    server = portico(
+        "events {{}} http {{ log_format sizes '$status $body_bytes_sent $bytes_sent';\n"
+        "access_log {dir}/access.log sizes;\n"
+        'server {{ listen 127.0.0.1:{port}; return 200 "x"; }} }}'
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")  # 400
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    server.stop()
+    line = (Path(server.directory) / "access.log").read_text().splitlines()[-1]
+    assert line == f"400 {len(body)} {len(answer)}"
