@@ -36,7 +36,7 @@ class WsgiAnswer:
         self.done = False
         self.remaining: int | None = None  # of the app's Content-Length, once streaming
         # how events reach ``handle``: directly (None), or through the pool's hand-off
-        self.deliver: Callable[[Callable[[int, Any], None], int, Any], None] | None = None
+        self.deliver: Callable[[WsgiAnswer, int, Any], None] | None = None
 
     def event(self, kind: int, payload: Any) -> None:
         """From the app side: one event for ``handle``, on the event loop."""
@@ -44,7 +44,7 @@ class WsgiAnswer:
         if deliver is None:
             self.handle(kind, payload)
         else:
-            deliver(self.handle, kind, payload)
+            deliver(self, kind, payload)
 
     def cancel(self) -> None:
         """The client went away: the app side stops at its next chunk."""
@@ -75,15 +75,6 @@ class WsgiAnswer:
         call = self.call
         assert call is not None and call.status is not None
         return int(call.status[:3]), call.head_block
-
-    def broken(self, text: str) -> None:
-        """Handling an event failed (a bug of ours): log it, end the answer."""
-        self._log_error(text)
-        self.cancel()  # the app side stops too (a threaded one may be waiting to go on)
-        if not self.sent_head:
-            self.conn.send_error(self.request, 500)
-        else:
-            self._cut()
 
     def handle(self, kind: int, payload: Any) -> None:
         if self.done:
@@ -154,7 +145,7 @@ class WsgiAnswer:
         elif kind == FILE:
             self._file(*payload)
         elif kind == ERROR:
-            self._error(payload)
+            self.fail(payload)
 
     def _resume(self) -> None:
         call = self.call
@@ -168,15 +159,13 @@ class WsgiAnswer:
         self.done = True
         send_file(self.conn, self.request, status, headers, fd, offset, count, self.sendfile)
 
-    def _error(self, text: str) -> None:
+    def fail(self, text: str) -> None:
+        """The app raised, or handling one of its events did (a bug of ours; the pool
+        says so): log ``text``, stop the app side, end the answer (500, or cut)."""
         self._log_error(text)
-        request = self.request
-        self.done = True
-        call = self.call
-        if call is not None:
-            call.cancelled = True
+        self.cancel()  # a threaded app may be waiting to go on: it stops
         if not self.sent_head:
-            self.conn.send_error(request, 500)
+            self.conn.send_error(self.request, 500)
         else:
             self._cut()
 

@@ -69,13 +69,15 @@ def to_wsgi_str(text: str) -> str:
 def build_environ(
     base: dict[str, Any], request: Any, script_name: str, wsgi_input: Any
 ) -> dict[str, Any]:
+    """The environ of ``request``; ``script_name`` is already in PEP 3333's form (see
+    to_wsgi_str), as PATH_INFO will be, so that the two compare."""
     environ = base.copy()
     path = to_wsgi_str(request.path)
-    if script_name and not script_name.isascii():
-        script_name = to_wsgi_str(script_name)  # compared in PEP 3333's form, as PATH_INFO
-    if script_name and (path == script_name or path.startswith(script_name + "/")):
-        environ["SCRIPT_NAME"] = script_name
-        path = path[len(script_name) :]
+    if script_name and path.startswith(script_name):
+        rest = path[len(script_name) :]
+        if not rest or rest[0] == "/":
+            environ["SCRIPT_NAME"] = script_name
+            path = rest
     environ["PATH_INFO"] = path
     environ["REQUEST_METHOD"] = request.method
     environ["QUERY_STRING"] = request.query

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.wsgi.answer import WsgiAnswer
 from portico.wsgi.call import FileWrapper, WsgiCall
-from portico.wsgi.environ import base_environ, build_environ
+from portico.wsgi.environ import base_environ, build_environ, to_wsgi_str
 from portico.wsgi.errors import wsgi_errors_stream
 from portico.wsgi.input import EMPTY, StreamingInput
 from portico.wsgi.pool import AppPool
@@ -36,7 +36,8 @@ class WsgiHandler:
         self.app = app
         self.pool = pool
         self.inline = pool is None
-        self.script_name: str = values["wsgi_script_name"]
+        # in PEP 3333's form once, not per request
+        self.script_name = to_wsgi_str(values["wsgi_script_name"])
         self.request_buffering: bool = values["wsgi_request_buffering"] or self.inline
         self.sendfile: bool = values["sendfile"]
         extra = dict(values["wsgi_env"])

@@ -29,7 +29,7 @@ class AppPool:
         self.loop = loop
         self.size = threads
         self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.ready: deque[tuple[Callable[[int, Any], None], int, Any]] = deque()
+        self.ready: deque[tuple[Any, int, Any]] = deque()  # (answer, kind, payload)
         self._scheduled = False
         self._threads: list[threading.Thread] = []
         self._name = name
@@ -59,9 +59,9 @@ class AppPool:
 
     # -- the hand-off back to the loop ---------------------------------------------------
 
-    def deliver(self, handle: Callable[[int, Any], None], kind: int, payload: Any) -> None:
-        """From an app thread: queue an event for the loop."""
-        self.ready.append((handle, kind, payload))
+    def deliver(self, answer: Any, kind: int, payload: Any) -> None:
+        """From an app thread: queue an event for ``answer`` (answer.py), on the loop."""
+        self.ready.append((answer, kind, payload))
         if not self._scheduled:
             self._scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
@@ -71,13 +71,11 @@ class AppPool:
         self._scheduled = False
         ready = self.ready
         while ready:
-            handle, kind, payload = ready.popleft()
+            answer, kind, payload = ready.popleft()
             try:
-                handle(kind, payload)
+                answer.handle(kind, payload)
             except Exception:  # one broken answer must not lose the others' events
-                on_error = getattr(handle, "__self__", None)
-                if on_error is not None and hasattr(on_error, "broken"):
-                    on_error.broken(traceback.format_exc())
+                answer.fail(traceback.format_exc())
 
     def shutdown(self, timeout: float = 5.0) -> None:
         for _ in self._threads:

@@ -65,7 +65,7 @@ def environ_of(
     request = Request(Addresses(), parse(raw), 0.0)  # type: ignore[arg-type]
     request.server = SimpleNamespace(name=server_name)
     base = base_environ(io.StringIO(), multithread, extra or {})
-    environ = build_environ(base, request, script_name, wsgi_input)
+    environ = build_environ(base, request, to_wsgi_str(script_name), wsgi_input)
     check_environ(environ)  # PEP 3333, as wsgiref reads it
     return environ
 
