@@ -73,6 +73,7 @@ class Location:
     __slots__ = (
         "access_logs",
         "add_headers",
+        "add_lines",
         "client_body_timeout",
         "client_max_body_size",
         "conf",
@@ -104,6 +105,17 @@ class Location:
             b"Server: %b\r\n" % (SERVER_FULL if self.server_tokens else SERVER_SHORT).encode()
         )
         self.add_headers: tuple[AddHeader, ...] = values["add_header"]
+        # (always, the encoded line when the value is constant, the directive)
+        self.add_lines = tuple(
+            (
+                header.always,
+                encode_headers([(header.name, header.value.render(None))])
+                if header.value.is_constant
+                else None,
+                header,
+            )
+            for header in self.add_headers
+        )
         self.error_pages: dict[int, ErrorPage] = {
             code: page for page in values["error_page"] for code in page.codes
         }
@@ -123,12 +135,13 @@ class Location:
         )
 
     def extra_headers(self, request: Request, status: int) -> bytes:
-        lines = [
-            (h.name, h.value.render(request))
-            for h in self.add_headers
-            if h.always or status in _ADD_HEADER_STATUSES
-        ]
-        return encode_headers(lines)
+        """The add_header lines for an answer with ``status``, in config order."""
+        listed = status in _ADD_HEADER_STATUSES
+        return b"".join(
+            line if line is not None else encode_headers([(h.name, h.value.render(request))])
+            for always, line, h in self.add_lines
+            if always or listed
+        )
 
 
 class Server:
