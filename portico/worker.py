@@ -31,6 +31,7 @@ from portico.http.parser import RequestReader
 from portico.http.protocol import HttpConnection
 from portico.http.response import DateClock
 from portico.logs import ErrorLog
+from portico.process.master import HANDLED_SIGNALS
 from portico.process.sockets import SocketKey
 from portico.site import Site
 from portico.timeouts import Wheel
@@ -46,7 +47,6 @@ class WorkerContext:
     """What every connection of this worker shares."""
 
     def __init__(self, config: Config, error_log: ErrorLog, zones: dict[str, Any]) -> None:
-        self.config = config
         self.zones = zones
         self.error_log = error_log
         self.loop = asyncio.get_running_loop()
@@ -101,13 +101,14 @@ class WorkerContext:
         self.connections.discard(conn)
         if self.full:
             self._maybe_resume()
-        if (
-            self.draining
-            and not self.connections
-            and self.stopped is not None
-            and not self.stopped.done()
-        ):
-            self.stopped.set_result(None)
+        if self.draining and not self.connections:
+            self.stop_now()
+
+    def stop_now(self) -> None:
+        """End the worker's loop (once; later calls change nothing)."""
+        stopped = self.stopped
+        if stopped is not None and not stopped.done():
+            stopped.set_result(None)
 
     # Capacity. Accepting stops before the process could run out of descriptors: libuv
     # meets EMFILE on accept by accepting and closing (the client sees a reset), while
@@ -224,14 +225,12 @@ class Worker:
         config: Config,
         sockets: dict[SocketKey, socket.socket],
         error_log: ErrorLog,
-        number: int = 0,
         zones: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.zones = zones or {}
         self.sockets = sockets
         self.error_log = error_log
-        self.number = number
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: WorkerContext | None = None
         self.gates: list[AcceptGate] = []
@@ -300,11 +299,8 @@ class Worker:
         context.accepting = False
         for gate in self.gates:
             gate.close()
-        stopped = context.stopped
-        assert stopped is not None
         if fast:
-            if not stopped.done():
-                stopped.set_result(None)
+            context.stop_now()
             return
         # a connection accepted in this very turn of the loop gets its connection_made
         # in the next one: drain only after that, or it would be dropped unanswered
@@ -315,21 +311,13 @@ class Worker:
         close after their answer; the worker exits when none is left."""
         context = self.context
         assert context is not None and self.loop is not None
-        stopped = context.stopped
-        assert stopped is not None
         context.draining = True
         if not context.connections:
-            if not stopped.done():
-                stopped.set_result(None)
+            context.stop_now()
             return
         for conn in list(context.connections):
             conn.shutdown()
-
-        def give_up() -> None:
-            if not stopped.done():
-                stopped.set_result(None)
-
-        self.loop.call_later(self.config.worker_shutdown_timeout, give_up)
+        self.loop.call_later(self.config.worker_shutdown_timeout, context.stop_now)
 
     def reopen(self) -> None:
         assert self.context is not None
@@ -341,24 +329,14 @@ def serve_in_this_process(
     config: Config,
     sockets: dict[SocketKey, socket.socket],
     error_log: ErrorLog,
-    number: int = 0,
     zones: dict[str, Any] | None = None,
 ) -> int:
     """The body of a forked worker process."""
-    for sig in (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGQUIT,
-        signal.SIGHUP,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
-        signal.SIGCHLD,
-    ):
+    for sig in HANDLED_SIGNALS:  # the master's handlers are not the worker's
         signal.signal(sig, signal.SIG_DFL)
     # signals stay blocked (see Master._spawn) until the loop's handlers are in place
     try:
-        return Worker(config, sockets, error_log, number, zones).run()
+        return Worker(config, sockets, error_log, zones).run()
     except Exception as e:  # a worker that cannot start says why, once
         error_log.log("emerg", f"worker failed: {e!r}")
         return 2

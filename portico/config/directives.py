@@ -305,9 +305,6 @@ class Return:
     body: Template | None
 
 
-_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-
-
 def as_return(node: Node, env: Env) -> Return:
     first = node.args[0]
     if not first.isdigit():

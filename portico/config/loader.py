@@ -261,8 +261,7 @@ class Builder:
         if not any(not peer.backup for peer in peers):
             self.fail(node.error(f'no servers are inside upstream "{name}"'))
             return
-        defaults = {x.name: x.initial(self.env) for x in d.directives_in(d.UPSTREAM)}
-        values = {**defaults, **block.values}
+        values = {**self.defaults(d.UPSTREAM), **block.values}
         self.upstreams[name] = UpstreamConf(
             name=name,
             peers=peers,
@@ -270,7 +269,6 @@ class Builder:
             keepalive=values["keepalive"] or 0,
             keepalive_requests=values["keepalive_requests"],
             keepalive_timeout=values["keepalive_timeout"],
-            implicit=False,
             file=node.file,
             line=node.line,
         )
@@ -288,14 +286,14 @@ class Builder:
             return
         from portico.upstream.balancers import PeerSpec
 
+        defaults = self.defaults(d.UPSTREAM)
         self.upstreams[target] = UpstreamConf(
             name=target,
             peers=(PeerSpec(target if path is None else "unix:" + path, max_fails=0),),
             method=d.BalanceMethod("round_robin"),
             keepalive=0,
-            keepalive_requests=1000,
-            keepalive_timeout=60.0,
-            implicit=True,
+            keepalive_requests=defaults["keepalive_requests"],
+            keepalive_timeout=defaults["keepalive_timeout"],
             file=node.file,
             line=node.line,
         )

@@ -66,7 +66,6 @@ class UpstreamConf:
     keepalive: int  # idle connections kept per worker; 0: none
     keepalive_requests: int
     keepalive_timeout: float
-    implicit: bool  # made from a proxy_pass address rather than an upstream block
     file: str
     line: int
 

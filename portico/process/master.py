@@ -254,7 +254,7 @@ class Master:
                 for sock in self.sockets.values():
                     if sock not in mine.values():
                         sock.close()  # another worker's reuseport socket
-                code = serve_in_this_process(self.config, mine, self.error_log, number, self.zones)
+                code = serve_in_this_process(self.config, mine, self.error_log, self.zones)
             except BaseException as e:  # a worker that cannot start says why
                 self.error_log.log("emerg", f"worker process could not start: {e!r}")
             finally:
@@ -321,7 +321,7 @@ class Master:
             self.error_log.log(
                 "alert",
                 f"worker {worker.number} crashed right after start; "
-                f"starting it again in {delay:.0f}s",
+                f"starting it again in {delay:g}s",
             )
         self.respawn_at[worker.number] = now + delay
 
