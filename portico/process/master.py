@@ -345,6 +345,13 @@ class Master:
     def handle_hup(self) -> None:
         if self._stopping("SIGHUP"):
             return
+        if self.winched:
+            # a rollback (nginx): the workers stopped by WINCH come back with the running
+            # configuration; the file may already be the new program's
+            self.error_log.log("notice", "signal 1 (SIGHUP) received, starting workers again")
+            self.winched = False
+            self._spawn_generation()
+            return
         self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
         try:
             if self.config_text is not None:

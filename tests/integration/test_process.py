@@ -253,7 +253,10 @@ def test_upgrade_rollback(running: Running) -> None:
         os.kill(old, signal.SIGWINCH)
         assert wait_until(lambda: not running.workers(old))
         load.wait_for(100)
-        # the new program misbehaves: bring the old workers back, stop the new master
+        # the new program misbehaves: bring the old workers back, stop the new master;
+        # the old master does not read the file again (it may be the new program's, and
+        # not valid for the old one)
+        running.config.write_text("this is not a config the old program knows;\n")
         os.kill(old, signal.SIGHUP)
         assert wait_until(lambda: len(running.workers(old)) == 2)
         os.kill(new, signal.SIGQUIT)
