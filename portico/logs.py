@@ -97,16 +97,26 @@ def _open_append(path: str) -> int:
 
 
 class LogFile:
-    """One open log file with a write buffer (bytes are written whole lines at a time)."""
+    """One open log file with a write buffer (bytes are written whole lines at a time):
+    written when ``buffer_size`` is reached, or once lines have waited ``flush_after``
+    seconds (see flush_if_due)."""
 
-    __slots__ = ("_buffer", "_buffered", "buffer_size", "fd", "path")
+    __slots__ = ("_buffer", "_buffered", "_flushed_at", "buffer_size", "fd", "flush_after", "path")
 
-    def __init__(self, path: str, buffer_size: int) -> None:
+    def __init__(self, path: str, buffer_size: int, flush_after: float = 1.0) -> None:
         self.path = path
         self.fd = _open_append(path)
         self.buffer_size = buffer_size
+        self.flush_after = flush_after
         self._buffer: list[str] = []
         self._buffered = 0
+        self._flushed_at = 0.0
+
+    def flush_if_due(self, now: float) -> None:
+        """The periodic flush: write what waited ``flush_after`` seconds or more."""
+        if now - self._flushed_at >= self.flush_after:
+            self._flushed_at = now
+            self.flush()
 
     def write(self, line: str) -> None:
         self._buffer.append(line)

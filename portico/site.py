@@ -250,8 +250,10 @@ class Site:
         for entry in entries:
             file = self._log_files.get(entry.path)
             if file is None:
-                file = LogFile(entry.path, entry.buffer_size)
+                file = LogFile(entry.path, entry.buffer_size, entry.flush)
                 self._log_files[entry.path] = file
+            else:  # one file, several access_log lines: the shortest flush= counts
+                file.flush_after = min(file.flush_after, entry.flush)
             logs.append(AccessLog(file, self._formats[entry.format]))
         return tuple(logs)
 
@@ -325,9 +327,10 @@ class Site:
         for file in self._log_files.values():
             file.close()
 
-    def flush_logs(self) -> None:
+    def flush_logs(self, now: float) -> None:
+        """Write the access logs whose ``flush=`` time is up (called every tick)."""
         for file in self._log_files.values():
-            file.flush()
+            file.flush_if_due(now)
 
     def reopen_logs(self) -> None:
         for file in self._log_files.values():

@@ -234,7 +234,6 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.context: WorkerContext | None = None
         self.gates: list[AcceptGate] = []
-        self._ticks = 0
 
     def run(self) -> int:
         loop = uvloop.new_event_loop()
@@ -286,10 +285,9 @@ class Worker:
         context = self.context
         assert context is not None and self.loop is not None
         self.loop.call_later(TICK, self._tick)  # first: nothing below can stop the clock
-        context.wheel.expire(time.monotonic())
-        self._ticks += 1
-        if self._ticks % 4 == 0:
-            context.site.flush_logs()
+        now = time.monotonic()
+        context.wheel.expire(now)
+        context.site.flush_logs(now)
 
     def stop(self, fast: bool) -> None:
         context = self.context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,18 @@ def test_a_redirect_to_a_path_is_made_absolute(portico) -> None:  # type: ignore
     assert response.getheader("Location") == f"http://example.test:{server.port}/new"
     response, _ = get(server, "/rel", host="example.test")
     assert response.getheader("Location") == "/there"
+
+
+def test_access_log_lines_wait_for_their_flush_time(portico) -> None:  # type: ignore[no-untyped-def]
+    server = portico(
+        "events {{}} http {{ access_log {dir}/slow.log combined buffer=64k flush=3s;\n"
+        'server {{ listen 127.0.0.1:{port}; return 200 "x"; }} }}'
+    )
+    log = Path(server.directory) / "slow.log"
+    get(server, "/one")
+    time.sleep(1.5)  # past the default 1 s, short of flush=3s
+    assert log.read_text() == ""
+    deadline = time.monotonic() + 5
+    while not log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert '"GET /one HTTP/1.1" 200' in log.read_text()
