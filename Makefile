@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check portico tests bench
+	$(BIN)/ruff format --check portico tests bench
 	$(BIN)/python -m pytest
 
 clean:
