@@ -292,13 +292,20 @@ def test_crash_loop_backs_off(prepared: Path, portico) -> None:  # type: ignore[
         "events {{}} http {{ server {{ listen 127.0.0.1:{port}; }} }}"
     )
     log = Path(server.directory) / "error.log"
-    for _ in range(4):
-        workers = server.worker_pids()
-        if workers:
-            os.kill(workers[0], signal.SIGKILL)
-        time.sleep(0.3)
-    time.sleep(0.5)
-    assert "crashed right after start; starting it again in" in log.read_text()
+    waits = []
+    for _ in range(3):
+        assert wait_until(lambda: len(server.worker_pids()) == 1, timeout=10)
+        killed_at = time.monotonic()
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(
+            lambda victim=victim: server.worker_pids() not in ([], [victim]), timeout=10
+        )
+        waits.append(time.monotonic() - killed_at)
+    # the first quick death is restarted at once, then 0.5 s, then twice as long
+    text = log.read_text()
+    assert "starting it again in 0.5s" in text and "starting it again in 1s" in text, text
+    assert waits[0] < 0.5 and waits[1] >= 0.45 and waits[2] >= 0.95, waits
 
 
 def test_quit_lets_slow_answers_finish_then_exits(running: Running) -> None:
