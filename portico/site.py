@@ -294,8 +294,6 @@ class Site:
         if threads > 0:
             pool = self._pools.get(threads)
             if pool is None:
-                import asyncio
-
                 pool = self._pools[threads] = AppPool(asyncio.get_running_loop(), threads)
         return WsgiHandler(values, callable_, pool, self.error_log)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.errors import ProtocolError, RemoteProtocolError
 from portico.http.parser import END, RequestHead, RequestReader
-from portico.http.request import Request
+from portico.http.request import NO_BODY, Request
 from portico.http.response import BODILESS_STATUSES, STATUS_LINES, error_page, status_line
 
 if TYPE_CHECKING:
@@ -163,19 +163,13 @@ class HttpConnection(asyncio.Protocol):
         if self.state == TUNNEL:
             self.tunnel.close()
             return None
-        if self.reader is None:
-            self.close()
-            return None
-        if self.state == LINGER or (self.current is None and not self.reader.in_head):
-            self.close()
-            return None
-        if self.reader.in_head and self.current is None:
-            # a client that half-closes mid-head will never finish it
+        current = self.current
+        if current is None or self.reader is None or self.state == LINGER:
+            # idle, lingering, or half-closed mid-head (a head that will never end)
             self.close()
             return None
         # keep the transport open to finish the answer, then close
-        if self.current is not None:
-            self.current.keep_alive = False
+        current.keep_alive = False
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -291,7 +285,7 @@ class HttpConnection(asyncio.Protocol):
             self.reject(e)
             return
         self.current = request
-        self.reading = request if head.chunked or head.content_length else None
+        self.reading = request if request.body is not NO_BODY else None
         self.worker.site.dispatch(request)
 
     # -- answering -----------------------------------------------------------------

@@ -49,19 +49,17 @@ class DateClock:
     ``time.time()``), so tests can drive it.
     """
 
-    __slots__ = ("header", "second", "value")
+    __slots__ = ("header", "second")
 
     def __init__(self) -> None:
         self.second = -1
-        self.value = ""
         self.header = b""
 
     def update(self, now: float) -> bytes:
         second = int(now)
         if second != self.second:
             self.second = second
-            self.value = formatdate(second, usegmt=True)
-            self.header = b"Date: " + self.value.encode("ascii") + b"\r\n"
+            self.header = b"Date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
         return self.header
 
 

@@ -31,25 +31,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from portico.http.uri import quote_path
+from portico.static.conditional import EPOCH, MONTHS
 
 __all__ = ["Entry", "render_listing"]
 
 NAME_COLUMNS: Final = 50  # NGX_HTTP_AUTOINDEX_NAME_LEN
-_MONTHS: Final = (
-    "Jan",
-    "Feb",
-    "Mar",
-    "Apr",
-    "May",
-    "Jun",
-    "Jul",
-    "Aug",
-    "Sep",
-    "Oct",
-    "Nov",
-    "Dec",
-)
-_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # nginx's ngx_escape_html() set; "'" needs no escape in text or in our
 # double-quoted attributes.
 _HTML_ESCAPES: Final = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;"})
@@ -87,8 +73,8 @@ def _line(entry: Entry) -> str:
             text += "/"
             width += 1
         text += "</a>" + " " * (NAME_COLUMNS - width)
-    t = _EPOCH + datetime.timedelta(seconds=int(entry.mtime // 1))
-    date = f"{t.day:02d}-{_MONTHS[t.month - 1]}-{t.year} {t.hour:02d}:{t.minute:02d}"
+    t = EPOCH + datetime.timedelta(seconds=int(entry.mtime // 1))
+    date = f"{t.day:02d}-{MONTHS[t.month - 1]}-{t.year} {t.hour:02d}:{t.minute:02d}"
     size = "-" if entry.is_dir else str(entry.size)
     return f'<a href="{href}">{text} {date} {size:>19}\r\n'
 

@@ -27,6 +27,8 @@ import re
 from typing import Final, final
 
 __all__ = [
+    "EPOCH",
+    "MONTHS",
     "UNSATISFIABLE",
     "Unsatisfiable",
     "evaluate_preconditions",
@@ -65,7 +67,7 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 _DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS: Final = (
+MONTHS: Final = (
     "Jan",
     "Feb",
     "Mar",
@@ -79,7 +81,7 @@ _MONTHS: Final = (
     "Nov",
     "Dec",
 )
-_MONTH_NUMBER: Final = {name: i + 1 for i, name in enumerate(_MONTHS)}
+_MONTH_NUMBER: Final = {name: i + 1 for i, name in enumerate(MONTHS)}
 
 _DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _DAY_L = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
@@ -90,8 +92,8 @@ _IMF_FIXDATE = re.compile(rf"{_DAY}, (?P<d>[0-9]{{2}}) {_MONTH} (?P<y>[0-9]{{4}}
 _RFC850 = re.compile(rf"{_DAY_L}, (?P<d>[0-9]{{2}})-{_MONTH}-(?P<y>[0-9]{{2}}) {_TIME} GMT")
 _ASCTIME = re.compile(rf"{_DAY} {_MONTH} (?P<d>[0-9]{{2}}| [0-9]) {_TIME} (?P<y>[0-9]{{4}})")
 
-_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_EPOCH_ORDINAL: Final = _EPOCH.toordinal()
+EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_EPOCH_ORDINAL: Final = EPOCH.toordinal()
 
 
 def http_date(ts: float) -> str:
@@ -100,9 +102,9 @@ def http_date(ts: float) -> str:
     Fractions of a second are dropped (floor), as ``Last-Modified`` compares
     in whole seconds. Names are English whatever the locale (no strftime).
     """
-    t = _EPOCH + datetime.timedelta(seconds=int(ts // 1))
+    t = EPOCH + datetime.timedelta(seconds=int(ts // 1))
     return (
-        f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
+        f"{_DAYS[t.weekday()]}, {t.day:02d} {MONTHS[t.month - 1]} {t.year:04d} "
         f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT"
     )
 
