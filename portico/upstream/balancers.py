@@ -230,6 +230,10 @@ class _Tier:
         self.total_weight = self.cumulative[-1]
         self.ring = ring
 
+    def usable(self, now: float, tried: Collection[Peer]) -> list[Peer]:
+        """The peers that may take an attempt now, in config order."""
+        return [p for p in self.peers if _usable(p, now, tried)]
+
     def peer_at(self, w: int) -> Peer:
         """The peer owning weight unit ``w`` (0 <= w < total_weight), in config order."""
         return self.peers[bisect.bisect_right(self.cumulative, w)]
@@ -318,7 +322,7 @@ class Balancer:
     def has_untried(self, tried: Collection[Peer]) -> bool:
         """Whether a server not in ``tried`` could take an attempt now (primary or backup)."""
         now = self._clock()
-        return any(_usable(p, now, tried) for tier in self._tiers for p in tier.peers)
+        return any(tier.usable(now, tried) for tier in self._tiers)
 
     def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
         """Report the end of an attempt: ``elapsed`` seconds, and whether it ``failed``.
@@ -349,7 +353,7 @@ class RoundRobin(Balancer):
     method = "round_robin"
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        return _smooth_weighted([p for p in tier.peers if _usable(p, now, tried)])
+        return _smooth_weighted(tier.usable(now, tried))
 
 
 def _ip_hash_bytes(key: bytes) -> bytes:
@@ -387,7 +391,7 @@ class IpHash(Balancer):
             peer = tier.peer_at(h % total)
             if _usable(peer, now, tried):
                 return peer
-        return _smooth_weighted([p for p in tier.peers if _usable(p, now, tried)])
+        return _smooth_weighted(tier.usable(now, tried))
 
 
 class Hash(Balancer):
@@ -413,7 +417,7 @@ class Hash(Balancer):
             peer = tier.peer_at(running % total)
             if _usable(peer, now, tried):
                 return peer
-        return _smooth_weighted([p for p in tier.peers if _usable(p, now, tried)])
+        return _smooth_weighted(tier.usable(now, tried))
 
 
 def _ring_name(address: str) -> bytes:
@@ -532,7 +536,7 @@ class Random(Balancer):
     method = "random"
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        usable = [p for p in tier.peers if _usable(p, now, tried)]
+        usable = tier.usable(now, tried)
         return _weighted_random(usable, self._rng) if usable else None
 
 
@@ -550,7 +554,7 @@ class RandomTwo(Balancer):
     method = "random_two"
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        usable = [p for p in tier.peers if _usable(p, now, tried)]
+        usable = tier.usable(now, tried)
         if len(usable) <= 1:
             return usable[0] if usable else None
         first = _weighted_random(usable, self._rng)
@@ -595,7 +599,7 @@ class Fair(Balancer):
         return self._average(peer, now) * (peer.active + 1) / peer.spec.weight
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        usable = [p for p in tier.peers if _usable(p, now, tried)]
+        usable = tier.usable(now, tried)
         if len(usable) <= 1:
             return usable[0] if usable else None
         i = self._rng.randrange(len(usable))
