@@ -8,6 +8,7 @@ lists them all; a syntax error ends parsing of its file at once, as in nginx.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -394,10 +395,8 @@ class Builder:
         shell = LocationConf(
             modifier, pattern, regex, MappingProxyType(values), (), node.file, node.line
         )
-        children = self.locations(block, values, nested_in=shell)
-        return LocationConf(
-            modifier, pattern, regex, MappingProxyType(values), children, node.file, node.line
-        )
+        # the children are checked against their parent: built first without them
+        return dataclasses.replace(shell, locations=self.locations(block, values, nested_in=shell))
 
     # -- whole-config checks -----------------------------------------------------
 
