@@ -90,6 +90,9 @@ class Running:
         wait_for_port(self.port, process=self.process)
         self.pid_file = directory / "portico.pid"
         wait_until(lambda: self.pid_file.exists())
+        # the port answers once the first worker is up: tests that compare worker
+        # lists need all of them
+        wait_until(lambda: len(self.workers()) == 2)
 
     def write(self, version: str, extra: str = "") -> None:
         text = CONFIG.format(
