@@ -129,6 +129,7 @@ class Peer:
 
     __slots__ = (
         "active",
+        "available_from",
         "current_weight",
         "effective_weight",
         "failed_at",
@@ -151,6 +152,11 @@ class Peer:
         self.unavailable_until = 0.0
         # True from the pick of a trial request until its done().
         self.on_trial = False
+        # The three above (and ``down``) in one number, kept by _take and _finish: the peer
+        # may be picked at time ``now`` iff now >= available_from. -inf: available; the end
+        # of its time-out while taken out; +inf: down, or a trial in flight. A pick then
+        # compares floats instead of asking every peer.
+        self.available_from = math.inf if spec.down else -math.inf
         # Smooth weighted round robin state (nginx's current_weight / effective_weight).
         # effective_weight drops on failures and climbs back by one per round, so a server
         # that just failed comes back gradually rather than at full weight.
@@ -172,13 +178,17 @@ class Peer:
 
     def is_available(self, now: float) -> bool:
         """Whether this server may be picked at time ``now`` (not down, not taken out)."""
+        return now >= self.available_from
+
+    def _update_available_from(self) -> None:
         spec = self.spec
-        if spec.down:
-            return False
-        if spec.max_fails == 0 or self.fails < spec.max_fails:
-            return True
-        # Taken out: back for a single trial once the time-out is over.
-        return now >= self.unavailable_until and not self.on_trial
+        if spec.down or self.on_trial:
+            self.available_from = math.inf
+        elif spec.max_fails and self.fails >= spec.max_fails:
+            # Taken out: back for a single trial once the time-out is over.
+            self.available_from = self.unavailable_until
+        else:
+            self.available_from = -math.inf
 
     def _take(self) -> None:
         self.active += 1
@@ -186,6 +196,7 @@ class Peer:
         if max_fails and self.fails >= max_fails:
             # Only a trial can pick a taken-out peer (is_available said so).
             self.on_trial = True
+            self.available_from = math.inf
 
     def _finish(self, now: float, failed: bool) -> None:
         # A done() without its pick would make active negative and skew least_conn, fair and
@@ -215,6 +226,7 @@ class Peer:
         elif trial or (self.fails < max_fails and not recent):
             # A good trial, or failures too old to count any more.
             self.fails = 0
+        self._update_available_from()
 
 
 class _Tier:
@@ -232,7 +244,9 @@ class _Tier:
 
     def usable(self, now: float, tried: Collection[Peer]) -> list[Peer]:
         """The peers that may take an attempt now, in config order."""
-        return [p for p in self.peers if _usable(p, now, tried)]
+        if tried:
+            return [p for p in self.peers if now >= p.available_from and p not in tried]
+        return [p for p in self.peers if now >= p.available_from]
 
     def peer_at(self, w: int) -> Peer:
         """The peer owning weight unit ``w`` (0 <= w < total_weight), in config order."""
@@ -240,7 +254,7 @@ class _Tier:
 
 
 def _usable(peer: Peer, now: float, tried: Collection[Peer]) -> bool:
-    return peer.is_available(now) and peer not in tried
+    return now >= peer.available_from and peer not in tried
 
 
 def _smooth_weighted(candidates: Sequence[Peer]) -> Peer | None:
