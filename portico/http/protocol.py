@@ -49,6 +49,11 @@ LINGERING_TIMEOUT = 5.0
 # Request body bytes buffered for a handler that has not attached yet, and queued
 # pipelined bytes, before reading pauses.
 READ_BUFFER_LIMIT = 256 * 1024
+# While a worker holds no more connections than this, a keep-alive connection keeps its
+# parser between requests: giving it back to the pool and taking it again costs every
+# request, and the memory it saves matters only with many idle connections. At most this
+# many idle connections hold one (one keeps it only while the count is this low).
+READER_KEEP_BELOW = 1024
 
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CLOSE = b"Connection: close\r\n"
@@ -466,10 +471,12 @@ class HttpConnection(asyncio.Protocol):
             self._release_reader()
 
     def _release_reader(self) -> None:
-        """Idle between requests: the parser goes back to the worker's pool."""
+        """Idle between requests: the parser goes back to the worker's pool, once the
+        worker holds enough connections for their parsers to matter (READER_KEEP_BELOW)."""
         reader = self.reader
         if (
             reader is not None
+            and len(self.worker.connections) > READER_KEEP_BELOW
             and self.state == IDLE
             and self.reading is None
             and self.pending_error is None
