@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portico.config.directives import LOG_LEVELS, LogFormat
+from portico.variables import CONSTANT_VARIABLES, PLAIN_VARIABLES
 
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
 
@@ -71,20 +72,35 @@ def escape_json(value: str) -> str:
 
 
 def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
-    """The function that renders one line (without the newline) for a request."""
+    """The function that renders one line, newline included, for a request.
+
+    It is generated once per format, as one expression: the literal text becomes a
+    %-format with one %s per variable, and each variable is one call of its getter,
+    wrapped in the escape only where the value could need it (PLAIN_VARIABLES never
+    do; CONSTANT_VARIABLES are rendered here, once).
+    """
     escape: Callable[[str], str] = {
         "default": escape_default,
         "json": escape_json,
         "none": lambda v: v,
     }[log_format.escape]
-    parts = log_format.template.parts
-    # the literal text becomes a %-format with one %s per variable
-    text = "".join(p.replace("%", "%%") if isinstance(p, str) else "%s" for p in parts)
-    variables = [p for p in parts if not isinstance(p, str)]
-
-    def render(request: Any) -> str:
-        return text % tuple([escape(variable(request)) for variable in variables])
-
+    text = []
+    values = []
+    namespace: dict[str, Any] = {"escape": escape}
+    for part in log_format.template.parts:
+        if isinstance(part, str):
+            text.append(part.replace("%", "%%"))
+        elif part in CONSTANT_VARIABLES:
+            text.append(escape(part(None)).replace("%", "%%"))
+        else:
+            text.append("%s")
+            name = f"get{len(values)}"
+            namespace[name] = part
+            values.append(f"{name}(r)" if part in PLAIN_VARIABLES else f"escape({name}(r))")
+    namespace["text"] = "".join(text) + "\n"
+    source = f"def render(r):\n    return text % ({''.join(v + ', ' for v in values)})\n"
+    exec(source, namespace)  # our own source, built from the format's parts
+    render: Callable[[Any], str] = namespace["render"]
     return render
 
 
@@ -161,7 +177,7 @@ class AccessLog:
         self.render = render
 
     def write(self, request: Any) -> None:
-        self.file.write(self.render(request) + "\n")
+        self.file.write(self.render(request))
 
 
 class ErrorLog:

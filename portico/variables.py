@@ -230,6 +230,27 @@ VARIABLES: dict[str, Getter] = {
     ),
 }
 
+# Values that never need escaping in a log line and are never empty: digits, dates,
+# addresses. The access log writes them as they are (see logs.compile_log_format).
+PLAIN_VARIABLES = frozenset(
+    VARIABLES[name]
+    for name in (
+        "body_bytes_sent",
+        "bytes_sent",
+        "connection",
+        "connection_requests",
+        "msec",
+        "remote_addr",
+        "request_length",
+        "request_time",
+        "status",
+        "time_iso8601",
+        "time_local",
+    )
+)
+# Values that are the same for every request of the process.
+CONSTANT_VARIABLES = frozenset(VARIABLES[name] for name in ("remote_user", "scheme"))
+
 # Families: "$http_user_agent" reads the User-Agent header, and so on.
 PREFIXES: dict[str, Callable[[str], Getter]] = {
     "http_": _header,

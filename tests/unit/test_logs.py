@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 
-from portico.logs import escape_default
+from portico.config.directives import LogFormat
+from portico.http.parser import RequestReader
+from portico.http.request import Request
+from portico.logs import compile_log_format, escape_default, escape_json
+from portico.variables import compile_template
 
 
 @pytest.mark.parametrize(
@@ -21,3 +28,41 @@ from portico.logs import escape_default
 )
 def test_escape_default(value: str, written: str) -> None:
     assert escape_default(value) == written
+
+
+# Variables the log writes without escaping (but the clock readings, which would differ
+# between two renderings), one it folds into the text, and some it must escape, for a
+# request whose client-sent values need it.
+_EVERY_KIND = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" $bytes_sent $connection $connection_requests '
+    "$request_length $time_iso8601 $scheme 100%"
+)
+
+
+def _request() -> Request:
+    reader = RequestReader()
+    reader.feed(b'GET /a?b=%22 HTTP/1.1\r\nHost: x\r\nUser-Agent: curl "x"\tz\\\r\n\r\n')
+    conn = SimpleNamespace(remote_addr="127.0.0.1", number=7, requests=3)
+    request = Request(conn, reader.events[0], time.time())  # type: ignore[arg-type]
+    request.status, request.body_bytes_sent, request.bytes_sent = 200, 19, 170
+    return request
+
+
+@pytest.mark.parametrize("escape", ["default", "json", "none"])
+def test_a_compiled_format_escapes_what_needs_it_and_only_that(escape: str) -> None:
+    template = compile_template(_EVERY_KIND)
+    render = compile_log_format(LogFormat("every", template, escape))
+    request = _request()
+    escaper = {"default": escape_default, "json": escape_json, "none": lambda v: v}[escape]
+    # the plain rule: every variable escaped, one after the other
+    expected = "".join(
+        part if isinstance(part, str) else escaper(part(request)) for part in template.parts
+    )
+    assert render(request) == expected + "\n"
+    if escape == "default":
+        assert '"GET /a?b=%22 HTTP/1.1" 200 19 "-" "curl \\x22x\\x22\\x09z\\x5C"' in (
+            render(request)
+        )
+        assert " - - [" in render(request)  # the empty $remote_user
+        assert render(request).endswith(" http 100%\n")
