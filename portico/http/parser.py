@@ -134,7 +134,6 @@ class RequestReader:
         "_head_bytes",
         "_head_length",
         "_head_size",
-        "_header_line_size",
         "_headers",
         "_in_trailers",
         "_line_size",
@@ -153,8 +152,7 @@ class RequestReader:
         # any "HTTP/d.d" passes httptools, so that on_headers_complete can tell 2.0+
         # (505) and 1.2 (read as 1.1) from garbage; nothing else is relaxed
         self._parser.set_dangerous_leniencies(lenient_version=True)
-        self._line_size = line_size
-        self._header_line_size = line_size
+        self._line_size = line_size  # the request line, and each header line
         self._head_size = line_size * header_count + line_size
         self.events: deque[Event] = deque()
         self._url = b""
@@ -169,18 +167,6 @@ class RequestReader:
         self.paused = False
         self.held = bytearray()
 
-    def feed(self, data: bytes) -> None:
-        try:
-            self._feed(data)
-        except RemoteProtocolError:
-            # Nothing of the request in error may be acted on: httptools reports a head
-            # before some of its checks (a Transfer-Encoding it cannot frame), and pieces
-            # of a body before a bad chunk. Complete requests before it stay queued.
-            events = self.events
-            while events and events[-1] is not END:
-                events.pop()
-            raise
-
     def take_held(self) -> bytes:
         """The bytes after an Upgrade head, for a tunnel (the reader stays paused)."""
         held, self.held = bytes(self.held), bytearray()
@@ -193,7 +179,7 @@ class RequestReader:
         if held:
             self.feed(held)
 
-    def _feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         if self.paused:
             self.held += data  # a bytearray: appending does not copy what is held
             return
@@ -213,15 +199,24 @@ class RequestReader:
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, RemoteProtocolError):
-                raise cause from None
-            raise RemoteProtocolError(f"invalid request: {e}") from None
+            if not isinstance(cause, RemoteProtocolError):
+                cause = RemoteProtocolError(f"invalid request: {e}")
+            raise self._drop_unfinished(cause) from None
         except httptools.HttpParserError as e:
-            raise self._error(e) from None
+            raise self._drop_unfinished(self._error(e)) from None
         # a head's size is checked exactly by the callbacks; this bound (one unfinished
         # line more than a head may hold) only caps what httptools buffers out of sight
         if self.in_head and self._head_bytes > self._head_size + self._line_size:
-            raise RemoteProtocolError("request header too large", 431)
+            raise self._drop_unfinished(RemoteProtocolError("request header too large", 431))
+
+    def _drop_unfinished(self, error: RemoteProtocolError) -> RemoteProtocolError:
+        """Nothing of the request in error may be acted on: httptools reports a head
+        before some of its checks (a Transfer-Encoding it cannot frame), and pieces of a
+        body before a bad chunk. Complete requests before it stay queued."""
+        events = self.events
+        while events and events[-1] is not END:
+            events.pop()
+        return error
 
     def _error(self, error: Exception) -> RemoteProtocolError:
         if (
@@ -269,26 +264,23 @@ class RequestReader:
         # of it; httptools has skipped the leading OWS, the trailing is still there
         value = value.rstrip(b" \t")
         size = len(name) + len(value) + 2  # ": "
-        if size > self._header_line_size:
+        if size > self._line_size:
             raise RemoteProtocolError("request header line too large", 431)
-        self._head_length += size + 2  # and CRLF
-        if self._head_length > self._head_size:
+        head_length = self._head_length = self._head_length + size + 2  # and CRLF
+        if head_length > self._head_size:
             raise RemoteProtocolError("request header too large", 431)
         self._raw_headers.append((name, value))
-        key = _NAMES.get(name)
-        if key is None:
-            key = header_name(name)
-        text = value.decode("latin-1")
+        key = _NAMES.get(name) or header_name(name)
         headers = self._headers
-        previous = headers.get(key)
-        if previous is None:
-            headers[key] = text
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
         elif key == "host" or key == "transfer-encoding":
             # RFC 9112 §3.2 (Host: MUST 400); two framing headers are a smuggling
             # attempt whatever they say (nginx: "client sent duplicate header line")
             raise RemoteProtocolError(f"duplicate {name.decode('latin-1')} header")
         else:
-            self._headers[key] = previous + ("; " if key == "cookie" else ", ") + text
+            joiner = "; " if key == "cookie" else ", "
+            headers[key] = headers[key] + joiner + value.decode("latin-1")
         if key == "transfer-encoding":
             self._transfer_encoding = value
 

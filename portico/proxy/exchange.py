@@ -138,8 +138,9 @@ class ProxyExchange:
             return
         self.peer = peer
         self.tried.append(peer)
+        if self.attempts:
+            self.attempt_started = time.monotonic()  # the first starts with the exchange
         self.attempts += 1
-        self.attempt_started = time.monotonic()
         self.addrs.append(peer.address)
         upstream = self.group.idle_connection(peer)
         if upstream is not None:
@@ -293,7 +294,7 @@ class ProxyExchange:
         return False
 
     def response_head(self, head: ResponseHead) -> None:
-        if self._divert(head):
+        if self.handler.diverts and self._divert(head):
             return
         if head.upgrade and self.upgrade is not None:
             self.tunnel(head)
@@ -323,7 +324,7 @@ class ProxyExchange:
         self.conn.finish(self.request)
 
     def whole_response(self, head: ResponseHead, body: bytes) -> None:
-        if self._divert(head):
+        if self.handler.diverts and self._divert(head):
             return
         if head.upgrade or self.request.method == "HEAD" or head.status in (204, 304):
             self.response_head(head)
@@ -347,7 +348,7 @@ class ProxyExchange:
         elapsed = time.monotonic() - self.attempt_started
         self.times.append(elapsed)
         if self.peer is not None:
-            self.group.done(self.peer, elapsed, failed)
+            self.group.balancer.done(self.peer, elapsed, failed)
 
     def complete_attempt(self, reusable: bool) -> None:
         """The upstream's part is over: account, and keep or close the connection."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class ProxyHandler:
     __slots__ = (
         "connect_timeout",
+        "diverts",
         "group",
         "intercept_errors",
         "keep_body_size",
@@ -54,6 +55,9 @@ class ProxyHandler:
         self.read_timeout: float = values["proxy_read_timeout"]
         self.send_timeout: float = values["proxy_send_timeout"]
         self.intercept_errors: bool = values["proxy_intercept_errors"]
+        # whether an answer's status can ever keep it from the client (a retry, or an
+        # error_page of ours): with neither, the exchange does not ask
+        self.diverts = bool(self.retry_statuses) or self.intercept_errors
         self.keep_body_size: int = values["proxy_request_buffer_size"]
 
     def handle(self, request: Request) -> None:

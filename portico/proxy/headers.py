@@ -65,6 +65,10 @@ def connection_tokens(value: str) -> set[str]:
 
 
 _PASSING_SIZE = 1024
+_METHOD_PREFIXES = {
+    method: method.encode() + b" "
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
 _PASSING_NAME_MAX = 64
 
 
@@ -85,6 +89,14 @@ class RequestTemplate:
     # client header names seen before → their lowercase form if they go on, "" if
     # not (hop-by-hop, or owned by a set_header line): decided once per name
     passing: dict[bytes, str] = field(default_factory=dict, compare=False)
+    # derived: " HTTP/1.1\r\n" after the target; the connection line and the empty
+    # line that end a head with neither body nor upgrade
+    line_end: bytes = field(init=False, compare=False)
+    plain_end: bytes = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "line_end", b" " + self.version + b"\r\n")
+        object.__setattr__(self, "plain_end", self.connection + b"\r\n")
 
     def target(self, request: Any) -> bytes:
         """The request-target to send."""
@@ -118,7 +130,9 @@ class RequestTemplate:
     ) -> bytes:
         """The whole request head for the upstream."""
         lines = [
-            b"%s %s %s\r\n" % (method.encode("ascii"), target, self.version),
+            (_METHOD_PREFIXES.get(method) or method.encode("ascii") + b" ")
+            + target
+            + self.line_end,
             self.constant_block,
         ]
         for _, prefix, template in self.dynamic:
@@ -141,6 +155,9 @@ class RequestTemplate:
                     passing[name] = lower
             if lower and (not named or lower not in named):
                 lines += (name, b": ", value, b"\r\n")
+        if upgrade is None and body_length is None and not chunked:
+            lines.append(self.plain_end)
+            return b"".join(lines)
         if upgrade is not None:
             # a tunnel: the client's Upgrade goes on (unless set_header says otherwise)
             if "upgrade" not in overridden:

@@ -129,6 +129,7 @@ class Peer:
 
     __slots__ = (
         "active",
+        "address",
         "available_from",
         "current_weight",
         "effective_weight",
@@ -144,6 +145,7 @@ class Peer:
 
     def __init__(self, spec: PeerSpec) -> None:
         self.spec = spec
+        self.address = spec.address  # as in :attr:`PeerSpec.address`
         self.active = 0
         self.fails = 0
         # Time of the last counted failure; read only while fails > 0.
@@ -167,11 +169,6 @@ class Peer:
         self.response_time = 0.0
         self.response_time_at = 0.0
         self.measured = False
-
-    @property
-    def address(self) -> str:
-        """The configured address, as in :attr:`PeerSpec.address`."""
-        return self.spec.address
 
     def __repr__(self) -> str:
         return f"<Peer {self.spec.address} active={self.active} fails={self.fails}>"

@@ -83,9 +83,6 @@ class UpstreamGroup:
         """Whether a peer that was not tried could still take an attempt."""
         return self.balancer.has_untried(tried)
 
-    def done(self, peer: Peer, elapsed: float, failed: bool) -> None:
-        self.balancer.done(peer, elapsed, failed)
-
     # -- connections -----------------------------------------------------------------
 
     def idle_connection(self, peer: Peer) -> UpstreamConnection | None:
