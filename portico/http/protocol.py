@@ -62,6 +62,19 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+# "Content-Length: N\r\n" for the lengths answered before (a server sends the same few
+# sizes again and again), in a bounded table
+_LENGTH_LINES: dict[int, bytes] = {}
+
+
+def _length_line(length: int) -> bytes:
+    line = b"Content-Length: %d\r\n" % length
+    if len(_LENGTH_LINES) >= 4096:
+        _LENGTH_LINES.clear()
+    _LENGTH_LINES[length] = line
+    return line
+
+
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_processing",
@@ -353,7 +366,7 @@ class HttpConnection(asyncio.Protocol):
         if status in BODILESS_STATUSES:
             framing = b""
         elif length is not None:
-            framing = b"Content-Length: %d\r\n" % length
+            framing = _LENGTH_LINES.get(length) or _length_line(length)
         elif request.version == "1.1":
             framing = _CHUNKED
             request.response_chunked = True

@@ -200,6 +200,8 @@ class Peer:
         # random_two forever; clamp rather than let one caller bug poison the group.
         if self.active > 0:
             self.active -= 1
+        if not failed and not self.fails and not self.on_trial:
+            return  # a success of a peer in good standing changes nothing below
         spec = self.spec
         max_fails = spec.max_fails
         if max_fails == 0:
@@ -297,6 +299,8 @@ class Balancer:
 
     #: The name of the method in the ``upstream`` block, e.g. ``"least_conn"``.
     method: ClassVar[str] = ""
+    #: Whether the method learns from response times (has an :meth:`_observe`).
+    observes: ClassVar[bool] = False
 
     def __init__(
         self, specs: Sequence[PeerSpec], clock: Callable[[], float], rng: random.Random
@@ -343,13 +347,14 @@ class Balancer:
         """
         now = self._clock()
         peer._finish(now, failed)
-        self._observe(peer, elapsed, failed, now)
+        if self.observes:
+            self._observe(peer, elapsed, failed, now)
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
         raise NotImplementedError
 
     def _observe(self, peer: Peer, elapsed: float, failed: bool, now: float) -> None:
-        """Hook for methods that learn from response times."""
+        """Hook for methods that learn from response times (called if ``observes``)."""
 
 
 class RoundRobin(Balancer):
@@ -599,6 +604,7 @@ class Fair(Balancer):
 
     __slots__ = ()
     method = "fair"
+    observes = True
 
     def _average(self, peer: Peer, now: float) -> float:
         if not peer.measured:

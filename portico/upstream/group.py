@@ -9,7 +9,6 @@ nginx's cache).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 import time
@@ -53,10 +52,14 @@ class UpstreamGroup:
         self.keepalive = conf.keepalive
         self.keepalive_requests = conf.keepalive_requests
         self.keepalive_timeout = conf.keepalive_timeout
-        self.idle: list[UpstreamConnection] = []  # most recently used last
+        # the idle pool: in order of release (the least recently used first, for the
+        # keepalive limit), and per peer (the most recently used last, for reuse)
+        self.idle: dict[UpstreamConnection, None] = {}
         self.busy: set[UpstreamConnection] = set()
+        peers = (*self.balancer.peers, *self.balancer.backups)
+        self._idle_by_peer: dict[Peer, list[UpstreamConnection]] = {peer: [] for peer in peers}
         self.addresses: dict[Peer, tuple[str, str, int]] = {
-            peer: _address(peer.address) for peer in (*self.balancer.peers, *self.balancer.backups)
+            peer: _address(peer.address) for peer in peers
         }
 
     # -- choosing ----------------------------------------------------------------------
@@ -86,15 +89,13 @@ class UpstreamGroup:
     # -- connections -----------------------------------------------------------------
 
     def idle_connection(self, peer: Peer) -> UpstreamConnection | None:
-        idle = self.idle
-        for i in range(len(idle) - 1, -1, -1):
-            conn = idle[i]
-            if conn.peer is peer:
-                del idle[i]
-                if conn.closed:
-                    continue
-                self.busy.add(conn)
-                return conn
+        stack = self._idle_by_peer[peer]
+        if stack:
+            # a connection leaves the pool as it closes (forget): this one is open
+            conn = stack.pop()
+            del self.idle[conn]
+            self.busy.add(conn)
+            return conn
         return None
 
     def connect(
@@ -142,9 +143,10 @@ class UpstreamGroup:
             conn.close()
             return
         if len(self.idle) >= self.keepalive:
-            self.idle.pop(0).close()  # the least recently used one goes
+            next(iter(self.idle)).close()  # the least recently used one goes (forget)
         conn.set_deadline("idle", self.keepalive_timeout)
-        self.idle.append(conn)
+        self.idle[conn] = None
+        self._idle_by_peer[conn.peer].append(conn)
 
     def opened(self, conn: UpstreamConnection) -> None:
         if self.worker is not None:
@@ -156,8 +158,8 @@ class UpstreamGroup:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.busy.discard(conn)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
+        if self.idle.pop(conn, False) is None:
+            self._idle_by_peer[conn.peer].remove(conn)
 
     def close(self) -> None:
         for conn in (*self.idle, *self.busy):
