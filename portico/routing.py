@@ -76,10 +76,13 @@ def normalize_host(host: str) -> str | None:
     return name
 
 
+CHOSEN_MEMO_SIZE = 1024
+
+
 class ServerSelector(Generic[S]):
     """The servers that share one listening address, chosen by Host."""
 
-    __slots__ = ("_default", "_exact", "_head", "_regexes", "_tail")
+    __slots__ = ("_chosen", "_default", "_exact", "_head", "_regexes", "_tail")
 
     def __init__(self, servers: Sequence[S], default: S) -> None:
         self._default = default
@@ -108,6 +111,9 @@ class ServerSelector(Generic[S]):
         # longest first, so the first hit is the longest match
         self._head = sorted(heads, key=lambda item: -len(item[0]))
         self._tail = sorted(tails, key=lambda item: -len(item[0]))
+        # Host values chosen for before: clients send the same few, and a name that no
+        # server has would otherwise walk every list each time
+        self._chosen: dict[str, tuple[S, re.Match[str] | None]] = {}
 
     @property
     def default(self) -> S:
@@ -116,6 +122,16 @@ class ServerSelector(Generic[S]):
     def select(self, host: str) -> tuple[S, re.Match[str] | None]:
         """The server for a normalized Host value ("" when the request had none), and
         the match when a regex name chose it (its groups become variables)."""
+        chosen = self._chosen.get(host)
+        if chosen is None:
+            chosen = self._choose(host)
+            if len(host) <= MEMO_KEY_MAX:
+                if len(self._chosen) >= CHOSEN_MEMO_SIZE:
+                    self._chosen.clear()
+                self._chosen[host] = chosen
+        return chosen
+
+    def _choose(self, host: str) -> tuple[S, re.Match[str] | None]:
         server = self._exact.get(host)
         if server is not None:
             return server, None

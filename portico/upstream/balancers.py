@@ -243,9 +243,7 @@ class _Tier:
 
     def usable(self, now: float, tried: Collection[Peer]) -> list[Peer]:
         """The peers that may take an attempt now, in config order."""
-        if tried:
-            return [p for p in self.peers if now >= p.available_from and p not in tried]
-        return [p for p in self.peers if now >= p.available_from]
+        return [p for p in self.peers if now >= p.available_from and p not in tried]
 
     def peer_at(self, w: int) -> Peer:
         """The peer owning weight unit ``w`` (0 <= w < total_weight), in config order."""
@@ -256,8 +254,9 @@ def _usable(peer: Peer, now: float, tried: Collection[Peer]) -> bool:
     return now >= peer.available_from and peer not in tried
 
 
-def _smooth_weighted(candidates: Sequence[Peer]) -> Peer | None:
-    """nginx's smooth weighted round robin over ``candidates`` (all usable).
+def _smooth_weighted(peers: Sequence[Peer], now: float, tried: Collection[Peer]) -> Peer | None:
+    """nginx's smooth weighted round robin over those of ``peers`` usable at ``now`` and
+    not in ``tried`` (filtered here, in the same pass: this is every default pick).
 
     Each round every candidate's current_weight grows by its effective weight, the largest
     wins (the first, on ties) and pays back the round's total. Weights 5:1:1 give
@@ -265,12 +264,15 @@ def _smooth_weighted(candidates: Sequence[Peer]) -> Peer | None:
     """
     best: Peer | None = None
     total = 0
-    for peer in candidates:
-        peer.current_weight += peer.effective_weight
-        total += peer.effective_weight
-        if peer.effective_weight < peer.spec.weight:
-            peer.effective_weight += 1
-        if best is None or peer.current_weight > best.current_weight:
+    for peer in peers:
+        if now < peer.available_from or (tried and peer in tried):
+            continue
+        weight = peer.effective_weight
+        current = peer.current_weight = peer.current_weight + weight
+        total += weight
+        if weight < peer.spec.weight:
+            peer.effective_weight = weight + 1
+        if best is None or current > best.current_weight:
             best = peer
     if best is not None:
         best.current_weight -= total
@@ -369,7 +371,7 @@ class RoundRobin(Balancer):
     method = "round_robin"
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        return _smooth_weighted(tier.usable(now, tried))
+        return _smooth_weighted(tier.peers, now, tried)
 
 
 def _ip_hash_bytes(key: bytes) -> bytes:
@@ -407,7 +409,7 @@ class IpHash(Balancer):
             peer = tier.peer_at(h % total)
             if _usable(peer, now, tried):
                 return peer
-        return _smooth_weighted(tier.usable(now, tried))
+        return _smooth_weighted(tier.peers, now, tried)
 
 
 class Hash(Balancer):
@@ -433,7 +435,7 @@ class Hash(Balancer):
             peer = tier.peer_at(running % total)
             if _usable(peer, now, tried):
                 return peer
-        return _smooth_weighted(tier.usable(now, tried))
+        return _smooth_weighted(tier.peers, now, tried)
 
 
 def _ring_name(address: str) -> bytes:
@@ -502,7 +504,7 @@ class ConsistentHash(Balancer):
             if same:
                 # Two servers with one address (nginx: a name resolving to it twice) share
                 # its points by weight.
-                return same[0] if len(same) == 1 else _smooth_weighted(same)
+                return same[0] if len(same) == 1 else _smooth_weighted(same, now, tried)
             rejected.add(address)
             if len(rejected) == len(ring.by_address):
                 break
@@ -538,7 +540,7 @@ class LeastConn(Balancer):
                 best.append(peer)
         if len(best) <= 1:
             return best[0] if best else None
-        return _smooth_weighted(best)
+        return _smooth_weighted(best, now, tried)
 
 
 class Random(Balancer):

@@ -90,20 +90,16 @@ class UpstreamConnection(asyncio.Protocol):
     def _deliver(self, exchange: ProxyExchange) -> None:
         events = self.reader.events
         count = len(events)
-        if (
-            count >= 2
-            and events[-1] is END
-            and events[0].__class__ is ResponseHead
-            and (
-                count == 2
-                or (count == 3 and events[1].__class__ is bytes)
-                or all(event.__class__ is bytes for event in list(events)[1:-1])
-            )
-        ):
-            # the whole response arrived at once: answer the client in one write
-            head = events.popleft()
-            events.pop()
-            body = b"".join(events)  # type: ignore[arg-type]
+        if count >= 2 and events[-1] is END and events[0].__class__ is ResponseHead:
+            # the whole response arrived at once: answer the client in one write. What
+            # lies between is body (a reader queues one head and one END per exchange:
+            # interim 1xx heads are not queued, and it stops at anything after END).
+            if count == 3:
+                head, body, _ = events
+            else:
+                head = events.popleft()
+                events.pop()
+                body = b"".join(events)  # type: ignore[arg-type]
             events.clear()
             exchange.whole_response(head, body)  # type: ignore[arg-type]
             return
