@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portico.config.directives import LOG_LEVELS, LogFormat
-from portico.variables import CONSTANT_VARIABLES, PLAIN_VARIABLES
+from portico.variables import CONSTANT_VARIABLES, EXPRESSIONS, PLAIN_VARIABLES
 
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
 
@@ -75,9 +75,10 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
     """The function that renders one line, newline included, for a request.
 
     It is generated once per format, as one expression: the literal text becomes a
-    %-format with one %s per variable, and each variable is one call of its getter,
-    wrapped in the escape only where the value could need it (PLAIN_VARIABLES never
-    do; CONSTANT_VARIABLES are rendered here, once).
+    %-format with one %s per variable, and each variable is its getter's expression
+    (variables.EXPRESSIONS) or a call of its getter, wrapped in the escape only where
+    the value could need it (PLAIN_VARIABLES never do; CONSTANT_VARIABLES are rendered
+    here, once).
     """
     escape: Callable[[str], str] = {
         "default": escape_default,
@@ -94,9 +95,12 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
             text.append(escape(part(None)).replace("%", "%%"))
         else:
             text.append("%s")
-            name = f"get{len(values)}"
-            namespace[name] = part
-            values.append(f"{name}(r)" if part in PLAIN_VARIABLES else f"escape({name}(r))")
+            value = EXPRESSIONS.get(part)
+            if value is None:  # a getter of more than one expression: called
+                name = f"get{len(values)}"
+                namespace[name] = part
+                value = f"{name}(r)"
+            values.append(value if part in PLAIN_VARIABLES else f"escape({value})")
     namespace["text"] = "".join(text) + "\n"
     source = f"def render(r):\n    return text % ({''.join(v + ', ' for v in values)})\n"
     exec(source, namespace)  # our own source, built from the format's parts

@@ -623,6 +623,7 @@ class _Rejected:
         self.body_bytes_sent = body
         self.headers: dict[str, str] = {}
         self.method = ""
+        self.target = b""
         self.target_str = ""
         self.version = "1.1"
         self.query = ""

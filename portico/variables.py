@@ -74,10 +74,21 @@ def compile_template(source: str, captures: Iterable[str] = ()) -> Template:
 # ---------------------------------------------------------------------------------
 # The variables. Each getter takes the request; ``request.conn`` is its connection.
 
+# The getters that are one Python expression of the request ``r``, and that expression:
+# code generated from a format (the access log's, see logs.py) puts the expression in
+# its own body instead of calling the getter. Written once, as the expression.
+EXPRESSIONS: dict[Getter, str] = {}
+
+
+def _expression(source: str) -> Getter:
+    getter: Getter = eval(f"lambda r: {source}", {})  # our own source, at import or load
+    EXPRESSIONS[getter] = source
+    return getter
+
 
 def _header(name: str) -> Getter:
     key = name.replace("_", "-").lower()
-    return lambda r: r.headers.get(key, "")
+    return _expression(f"r.headers.get({key!r}, '')")
 
 
 def _sent_header(name: str) -> Getter:
@@ -133,12 +144,6 @@ def _host(r: Any) -> str:
     return host if host else r.server_name
 
 
-def _request_line(r: Any) -> str:
-    if not r.method:
-        return ""  # a request that could not be parsed
-    return f"{r.method} {r.target_str} HTTP/{r.version}"
-
-
 _time_local_cache: list[Any] = [-1, ""]
 
 
@@ -186,43 +191,46 @@ _HOSTNAME = socket.gethostname()
 
 # name → getter (docs/configuration.md lists them from this table)
 VARIABLES: dict[str, Getter] = {
-    "args": lambda r: r.query,
-    "query_string": lambda r: r.query,
-    "is_args": lambda r: "?" if r.query else "",
+    "args": _expression("r.query"),
+    "query_string": _expression("r.query"),
+    "is_args": _expression("'?' if r.query else ''"),
     "binary_remote_addr": _binary_remote_addr,
-    "body_bytes_sent": lambda r: str(r.body_bytes_sent),
-    "bytes_sent": lambda r: str(r.bytes_sent),
-    "connection": lambda r: str(r.conn.number),
-    "connection_requests": lambda r: str(r.conn.requests),
-    "content_length": lambda r: r.headers.get("content-length", ""),
-    "content_type": lambda r: r.headers.get("content-type", ""),
-    "document_root": lambda r: r.document_root,
+    "body_bytes_sent": _expression("str(r.body_bytes_sent)"),
+    "bytes_sent": _expression("str(r.bytes_sent)"),
+    "connection": _expression("str(r.conn.number)"),
+    "connection_requests": _expression("str(r.conn.requests)"),
+    "content_length": _header("content_length"),
+    "content_type": _header("content_type"),
+    "document_root": _expression("r.document_root"),
     "host": _host,
     "hostname": lambda r: _HOSTNAME,
     "msec": lambda r: f"{time.time():.3f}",
     "pid": lambda r: str(os.getpid()),
     "portico_version": lambda r: __version__,
     "proxy_add_x_forwarded_for": _proxy_add_x_forwarded_for,
-    "proxy_host": lambda r: r.proxy_host,
-    "remote_addr": lambda r: r.conn.remote_addr,
-    "remote_port": lambda r: str(r.conn.remote_port),
-    "remote_user": lambda r: "",
-    "request": _request_line,
-    "request_filename": lambda r: r.request_filename,
+    "proxy_host": _expression("r.proxy_host"),
+    "remote_addr": _expression("r.conn.remote_addr"),
+    "remote_port": _expression("str(r.conn.remote_port)"),
+    "remote_user": _expression("''"),
+    # a request that could not be parsed has no method, and no request line
+    "request": _expression(
+        "f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\" if r.method else ''"
+    ),
+    "request_filename": _expression("r.request_filename"),
     "request_length": lambda r: str(_request_length(r)),
-    "request_method": lambda r: r.method,
+    "request_method": _expression("r.method"),
     "request_time": lambda r: f"{r.elapsed():.3f}",
-    "request_uri": lambda r: r.target_str,
-    "scheme": lambda r: "http",
-    "server_addr": lambda r: r.conn.server_addr,
+    "request_uri": _expression("r.target.decode('latin-1')"),
+    "scheme": _expression("'http'"),
+    "server_addr": _expression("r.conn.server_addr"),
     "server_name": lambda r: r.server_name,
-    "server_port": lambda r: r.conn.server_port,
-    "server_protocol": lambda r: f"HTTP/{r.version}",
-    "status": lambda r: str(r.status),
+    "server_port": _expression("r.conn.server_port"),
+    "server_protocol": _expression("f'HTTP/{r.version}'"),
+    "status": _expression("str(r.status)"),
     "time_iso8601": _time_iso8601,
     "time_local": _time_local,
-    "uri": lambda r: r.path,
-    "document_uri": lambda r: r.path,
+    "uri": _expression("r.path"),
+    "document_uri": _expression("r.path"),
     "upstream_addr": lambda r: ", ".join(r.upstream.addrs) if r.upstream else "",
     "upstream_status": lambda r: ", ".join(map(str, r.upstream.statuses)) if r.upstream else "",
     "upstream_response_time": lambda r: (

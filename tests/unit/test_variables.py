@@ -23,7 +23,7 @@ class FakeRequest:
 
     conn = Conn()
     method = "GET"
-    target_str = "/a%20b?x=1&y=2"
+    target = b"/a%20b?x=1&y=2"
     path = "/a b"
     query = "x=1&y=2"
     version = "1.1"
