@@ -463,7 +463,9 @@ class Site:
         """The client went away mid-exchange; log what was done."""
         if request.cleanups is not None:
             request.run_cleanups()
-        request.conn.abandon(request)
+        exchange = request.upstream
+        if exchange is None or exchange.stops_when_client_closes:
+            request.conn.abandon(request)  # else proxy_ignore_client_abort: it goes on
         if request.status == 0:
             request.status = 499  # nginx's "client closed request"
         request.finished = True

@@ -1349,6 +1349,19 @@ PROXY = [
         doc="How long a request may go on trying peers; 0 means no limit.",
     ),
     Directive(
+        "proxy_ignore_client_abort",
+        "proxy_ignore_client_abort on | off;",
+        HSL,
+        as_flag,
+        default="off",
+        doc="Whether the exchange with the upstream goes on when the client closes its "
+        "connection, or only its sending side, before the answer is complete. With "
+        "`off`, as in nginx, portico closes the upstream connection at once and logs "
+        "499 if nothing was answered yet; with `on`, the upstream's answer is read to "
+        "its end (and the upstream connection kept alive if it may be), and the client "
+        "still gets it if only its sending side was closed.",
+    ),
+    Directive(
         "proxy_intercept_errors",
         "proxy_intercept_errors on | off;",
         HSL,

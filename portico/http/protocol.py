@@ -186,6 +186,13 @@ class HttpConnection(asyncio.Protocol):
             # idle, lingering, or half-closed mid-head (a head that will never end)
             self.close()
             return None
+        exchange = current.upstream
+        if exchange is not None and exchange.stops_when_client_closes:
+            # nginx takes a client that closes even only its sending side while a proxied
+            # answer is pending as gone (proxy_ignore_client_abort off): 499, and the
+            # upstream connection closes (see Site.aborted)
+            self.close()
+            return None
         # keep the transport open to finish the answer, then close
         current.keep_alive = False
         return True

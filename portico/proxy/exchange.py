@@ -472,6 +472,12 @@ class ProxyExchange:
 
     # -- bookkeeping -----------------------------------------------------------------
 
+    @property
+    def stops_when_client_closes(self) -> bool:
+        """Whether the client closing its connection, or its sending side, ends this
+        exchange (proxy_ignore_client_abort off, nginx's default)."""
+        return not self.handler.ignore_client_abort
+
     def _peer_url(self) -> str:
         """The URL as sent upstream (nginx's "upstream:" in error lines)."""
         address = self.peer.address if self.peer is not None else self.group.name

@@ -19,6 +19,7 @@ class ProxyHandler:
         "connect_timeout",
         "diverts",
         "group",
+        "ignore_client_abort",
         "intercept_errors",
         "keep_body_size",
         "next_timeout",
@@ -55,6 +56,7 @@ class ProxyHandler:
         self.read_timeout: float = values["proxy_read_timeout"]
         self.send_timeout: float = values["proxy_send_timeout"]
         self.intercept_errors: bool = values["proxy_intercept_errors"]
+        self.ignore_client_abort: bool = values["proxy_ignore_client_abort"]
         # whether an answer's status can ever keep it from the client (a retry, or an
         # error_page of ours): with neither, the exchange does not ask
         self.diverts = bool(self.retry_statuses) or self.intercept_errors

@@ -1007,6 +1007,62 @@ def test_every_attempt_has_a_time_even_when_the_answer_is_cut_or_abandoned(
         )
 
 
+ABORT_CONFIG = """
+worker_processes 1;
+events {{ }}
+http {{
+    log_format brief '$request_uri $status';
+    access_log {dir}/access.log brief;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://{a}; {ignore} }}
+    }}
+}}
+"""
+
+
+def test_a_client_that_closes_its_sending_side_gives_up_on_a_proxied_answer(
+    portico,  # type: ignore[no-untyped-def]
+    backends,  # type: ignore[no-untyped-def]
+) -> None:
+    """nginx's proxy_ignore_client_abort off: a FIN from the client while the upstream
+    has not answered closes the upstream connection, and the request is logged 499."""
+    backend = backends("a")
+    server = portico(ABORT_CONFIG, a=backend.address, ignore="")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert backend.wait_for(lambda stats: stats.active == 1)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_close(sock) == b""  # closed, nothing answered
+    # the backend's /hang answers nothing until its peer closes: it has
+    assert backend.wait_for(lambda stats: stats.active == 0, timeout=2.0)
+    assert access_log_lines(server) == ["/hang 499"]
+
+
+def test_with_ignore_client_abort_a_half_closed_client_still_gets_its_answer(
+    portico,  # type: ignore[no-untyped-def]
+    backends,  # type: ignore[no-untyped-def]
+) -> None:
+    backend = backends("a")
+    server = portico(ABORT_CONFIG, a=backend.address, ignore="proxy_ignore_client_abort on;")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert backend.wait_for(lambda stats: stats.active == 1)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_close(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in answer
+    # a client that goes away for good (a reset): the upstream's answer is still read to
+    # its end, and its connection goes back to the pool (the backend sees no close)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert backend.wait_for(lambda stats: stats.active == 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert backend.wait_for(lambda stats: stats.active == 0 and stats.requests == 2)
+    assert request(server.port, "/after").status == 200
+    assert backend.stats.aborted == 0 and backend.stats.closed_by_peer == 0
+    assert access_log_lines(server) == ["/slow?ms=300 200", "/slow?ms=300 499", "/after 200"]
+
+
 # -- Upgrade tunnels ---------------------------------------------------------------------
 
 
