@@ -634,7 +634,7 @@ class _Rejected:
         self.server = None
         self.server_name = ""
         self.start = time.time()
-        self.response_headers: list[tuple[str, str]] = []
+        self.sent_head = b""
         self.document_root = self.request_filename = self.proxy_host = ""
         self.upstream = None
         self.captures = self.server_captures = None

@@ -92,13 +92,16 @@ def _header(name: str) -> Getter:
 
 
 def _sent_header(name: str) -> Getter:
-    key = name.replace("_", "-").lower()
+    # the first line of that name in the head as sent (r.sent_head: b"" before the
+    # answer's head went out), its value without the surrounding whitespace
+    line = re.compile(
+        rb"\r\n" + re.escape(name.replace("_", "-").encode("latin-1")) + rb":[ \t]*([^\r]*)",
+        re.IGNORECASE,
+    )
 
     def get(r: Any) -> str:
-        for header_name, value in r.response_headers:
-            if header_name.lower() == key:
-                return str(value)
-        return ""
+        match = line.search(r.sent_head)
+        return match[1].rstrip(b" \t").decode("latin-1") if match is not None else ""
 
     return get
 

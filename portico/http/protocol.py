@@ -402,6 +402,7 @@ class HttpConnection(asyncio.Protocol):
             )
         )
         request.bytes_sent += len(head)
+        request.sent_head = head
         return head
 
     def send_response(self, request: Request, status: int, headers: bytes, body: bytes) -> None:
@@ -635,6 +636,7 @@ class HttpConnection(asyncio.Protocol):
         request.headers_sent = True
         request.keep_alive = False
         request.bytes_sent += len(head)
+        request.sent_head = head
         self.write(head)
         self.state = TUNNEL
         self.tunnel = tunnel

@@ -140,7 +140,7 @@ class Request:
         "redirects",
         "request_filename",
         "response_chunked",
-        "response_headers",
+        "sent_head",
         "server",
         "server_captures",
         "start",
@@ -186,7 +186,7 @@ class Request:
         self.status = 0
         self.headers_sent = False
         self.response_chunked = False
-        self.response_headers: list[tuple[str, str]] = []
+        self.sent_head = b""  # the status line and headers, once sent ($sent_http_*)
         self.body_bytes_sent = 0
         self.bytes_sent = 0
         self.finished = False

@@ -19,8 +19,10 @@ Each file arrives in one write, so in one read (loopback); the unit tests
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import random
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -544,3 +546,26 @@ def test_a_rejected_request_logs_its_body_and_whole_sizes_apart(portico) -> None
     server.stop()
     line = (Path(server.directory) / "access.log").read_text().splitlines()[-1]
     assert line == f"400 {len(body)} {len(answer)}"
+
+
+def test_sent_http_variables_read_the_head_as_sent(portico, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "page.html").write_bytes(b"<p>hi</p>")
+    server = portico(
+        "events {{}} http {{\n"
+        "log_format sent '$uri|$sent_http_content_type|$sent_http_content_length|"
+        "$sent_http_connection|$sent_http_x_extra|$sent_http_missing';\n"
+        "access_log {dir}/access.log sent;\n"
+        "server {{ listen 127.0.0.1:{port}; add_header X-Extra ' two words ';\n"
+        "location / {{ root {root}; }} location /gone {{ return 404; }} }} }}"
+    )
+    for path in ("/page.html", "/gone"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", path, headers={"Connection": "close"})
+        conn.getresponse().read()
+        conn.close()
+    server.stop()
+    lines = (Path(server.directory) / "access.log").read_text().splitlines()
+    # what was sent, the value trimmed; "-" for a header not sent (add_header without
+    # "always" adds nothing to a 404)
+    assert lines[0] == "/page.html|text/html|9|close|two words|-"
+    assert re.fullmatch(r"/gone\|text/html\|\d+\|close\|-\|-", lines[1]), lines[1]

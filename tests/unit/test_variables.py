@@ -31,6 +31,9 @@ class FakeRequest:
     server_name = "srv"
     headers = {"user-agent": "curl/8", "x-forwarded-for": "10.0.0.1", "cookie": "a=1; b=2"}
     status = 200
+    sent_head = (
+        b"HTTP/1.1 200 OK\r\nServer: p\r\nCONTENT-TYPE: text/html \r\nX-Two: 1\r\nX-Two: 2\r\n\r\n"
+    )
     captures = re.match(r"/(?P<first>\w)(.*)", "/a b")
     server_captures = None
 
@@ -48,6 +51,7 @@ class FakeRequest:
         ("$http_user_agent|$http_missing|", "curl/8||"),
         ("$arg_y $arg_z.", "2 ."),
         ("$cookie_b", "2"),
+        ("$sent_http_content_type|$sent_http_x_two|$sent_http_missing", "text/html|1|"),
         ("$1|$2|$first", "a| b|a"),
         ("$proxy_add_x_forwarded_for", "10.0.0.1, 127.0.0.5"),
         ("$request", "GET /a%20b?x=1&y=2 HTTP/1.1"),
