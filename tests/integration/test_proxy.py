@@ -1021,6 +1021,15 @@ http {{
 """
 
 
+@contextlib.contextmanager
+def pending_request(server: Portico, backend: Backend, target: str) -> Iterator[socket.socket]:
+    """A client socket whose GET the backend is working on (and has not answered)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % target.encode())
+        assert backend.wait_for(lambda stats: stats.active == 1)
+        yield sock
+
+
 def test_a_client_that_closes_its_sending_side_gives_up_on_a_proxied_answer(
     portico,  # type: ignore[no-untyped-def]
     backends,  # type: ignore[no-untyped-def]
@@ -1029,9 +1038,7 @@ def test_a_client_that_closes_its_sending_side_gives_up_on_a_proxied_answer(
     has not answered closes the upstream connection, and the request is logged 499."""
     backend = backends("a")
     server = portico(ABORT_CONFIG, a=backend.address, ignore="")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert backend.wait_for(lambda stats: stats.active == 1)
+    with pending_request(server, backend, "/hang") as sock:
         sock.shutdown(socket.SHUT_WR)
         assert read_until_close(sock) == b""  # closed, nothing answered
     # the backend's /hang answers nothing until its peer closes: it has
@@ -1045,17 +1052,13 @@ def test_with_ignore_client_abort_a_half_closed_client_still_gets_its_answer(
 ) -> None:
     backend = backends("a")
     server = portico(ABORT_CONFIG, a=backend.address, ignore="proxy_ignore_client_abort on;")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert backend.wait_for(lambda stats: stats.active == 1)
+    with pending_request(server, backend, "/slow?ms=300") as sock:
         sock.shutdown(socket.SHUT_WR)
         answer = read_until_close(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in answer
     # a client that goes away for good (a reset): the upstream's answer is still read to
     # its end, and its connection goes back to the pool (the backend sees no close)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert backend.wait_for(lambda stats: stats.active == 1)
+    with pending_request(server, backend, "/slow?ms=300") as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert backend.wait_for(lambda stats: stats.active == 0 and stats.requests == 2)
     assert request(server.port, "/after").status == 200
