@@ -592,9 +592,9 @@ class Site:
                 conn.number,
             )
 
-    def log_rejected(self, conn: HttpConnection, status: int, head: int, body: int) -> None:
-        """Access log line for a request that never became a Request (unparsable);
-        ``head`` and ``body`` are the sizes of the error answer's parts."""
+    def log_rejected(self, conn: HttpConnection, status: int, head: bytes, body: int) -> None:
+        """Access log line for a request that never became a Request (unparsable):
+        the error answer's ``head`` as sent and the size of its ``body``."""
         logs = conn.binding.default.implicit.access_logs
         if not logs:
             return
@@ -618,10 +618,10 @@ class _Rejected:
     """What the access log sees of a request that could not be parsed: nginx logs
     these too, with the status and an empty request line."""
 
-    def __init__(self, conn: HttpConnection, status: int, head: int, body: int) -> None:
+    def __init__(self, conn: HttpConnection, status: int, head: bytes, body: int) -> None:
         self.conn = conn
         self.status = status
-        self.bytes_sent = head + body
+        self.bytes_sent = len(head) + body
         self.body_bytes_sent = body
         self.headers: dict[str, str] = {}
         self.method = ""
@@ -634,7 +634,7 @@ class _Rejected:
         self.server = None
         self.server_name = ""
         self.start = time.time()
-        self.sent_head = b""
+        self.sent_head = head
         self.document_root = self.request_filename = self.proxy_host = ""
         self.upstream = None
         self.captures = self.server_captures = None

@@ -14,6 +14,7 @@ as the empty string (and the access log shows ``-`` where its format says so).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -147,21 +148,39 @@ def _host(r: Any) -> str:
     return host if host else r.server_name
 
 
-_time_local_cache: list[Any] = [-1, ""]
+def _clock_text(text: Callable[[time.struct_time], str]) -> Getter:
+    """A getter of the time now (nginx: the time of the log write, not of the request's
+    start), formatted by ``text`` once per second: a log asks on every request."""
+    cache: list[Any] = [-1, ""]
+
+    def get(r: Any) -> str:
+        second = int(time.time())
+        if cache[0] != second:
+            cache[0] = second
+            cache[1] = text(time.localtime(second))
+        return cache[1]  # type: ignore[no-any-return]
+
+    return get
 
 
-def _time_local(r: Any) -> str:
-    # formatted once per second: the access log asks for it on every request
-    second = int(r.start)
-    cache = _time_local_cache
-    if cache[0] != second:
-        cache[0] = second
-        cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
-    return cache[1]  # type: ignore[no-any-return]
+def _iso8601(moment: time.struct_time) -> str:
+    offset = time.strftime("%z", moment)  # "+0100"; nginx writes "+01:00"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", moment) + offset[:3] + ":" + offset[3:]
 
 
-def _time_iso8601(r: Any) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start))
+def _remote_user(r: Any) -> str:
+    """The user name of ``Authorization: Basic`` credentials, as nginx decodes them
+    whether or not auth_basic is on: empty unless they are base64 of "user:password"
+    with a non-empty user."""
+    scheme, _, credentials = r.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        text = base64.b64decode(credentials.strip(), validate=True).decode("latin-1")
+    except ValueError:  # binascii.Error is one
+        return ""
+    user, colon, _ = text.partition(":")
+    return user if colon else ""
 
 
 def _binary_remote_addr(r: Any) -> str:
@@ -180,9 +199,28 @@ def _request_length(r: Any) -> int:
     head = getattr(r, "head", None)
     if head is None:
         return 0
-    size = len(head.method) + len(head.target) + 13  # "M T HTTP/1.1\r\n" and "\r\n"
+    size = len(head.method) + len(head.target) + 14  # "M T HTTP/1.1\r\n" and "\r\n"
     size += sum(len(name) + len(value) + 4 for name, value in head.raw_headers)
     return size + r.body.received
+
+
+def _per_exchange(text: Callable[[Any], str]) -> Getter:
+    """An $upstream_* getter: ``text`` of the request's proxy exchange, after those of
+    the exchanges before its internal redirects, joined with " : " (nginx)."""
+
+    def get(r: Any) -> str:
+        exchange = r.upstream
+        if exchange is None:
+            return ""
+        if exchange.earlier is None:
+            return text(exchange)
+        parts = []
+        while exchange is not None:
+            parts.append(text(exchange))
+            exchange = exchange.earlier
+        return " : ".join(reversed(parts))
+
+    return get
 
 
 def _proxy_add_x_forwarded_for(r: Any) -> str:
@@ -214,7 +252,7 @@ VARIABLES: dict[str, Getter] = {
     "proxy_host": _expression("r.proxy_host"),
     "remote_addr": _expression("r.conn.remote_addr"),
     "remote_port": _expression("str(r.conn.remote_port)"),
-    "remote_user": _expression("''"),
+    "remote_user": _remote_user,
     # a request that could not be parsed has no method, and no request line
     "request": _expression(
         "f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\" if r.method else ''"
@@ -230,15 +268,13 @@ VARIABLES: dict[str, Getter] = {
     "server_port": _expression("r.conn.server_port"),
     "server_protocol": _expression("f'HTTP/{r.version}'"),
     "status": _expression("str(r.status)"),
-    "time_iso8601": _time_iso8601,
-    "time_local": _time_local,
+    "time_iso8601": _clock_text(_iso8601),
+    "time_local": _clock_text(lambda moment: time.strftime("%d/%b/%Y:%H:%M:%S %z", moment)),
     "uri": _expression("r.path"),
     "document_uri": _expression("r.path"),
-    "upstream_addr": lambda r: ", ".join(r.upstream.addrs) if r.upstream else "",
-    "upstream_status": lambda r: ", ".join(map(str, r.upstream.statuses)) if r.upstream else "",
-    "upstream_response_time": lambda r: (
-        ", ".join(f"{t:.3f}" for t in r.upstream.times) if r.upstream else ""
-    ),
+    "upstream_addr": _per_exchange(lambda e: ", ".join(e.addrs)),
+    "upstream_status": _per_exchange(lambda e: ", ".join(map(str, e.statuses))),
+    "upstream_response_time": _per_exchange(lambda e: ", ".join(f"{t:.3f}" for t in e.times)),
 }
 
 # Values that never need escaping in a log line and are never empty: digits, dates,
@@ -260,7 +296,7 @@ PLAIN_VARIABLES = frozenset(
     )
 )
 # Values that are the same for every request of the process.
-CONSTANT_VARIABLES = frozenset(VARIABLES[name] for name in ("remote_user", "scheme"))
+CONSTANT_VARIABLES = frozenset({VARIABLES["scheme"]})
 
 # Families: "$http_user_agent" reads the User-Agent header, and so on.
 PREFIXES: dict[str, Callable[[str], Getter]] = {

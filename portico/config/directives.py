@@ -155,6 +155,14 @@ def as_root(node: Node, env: Env) -> str | Template:
     return resolve_path(node.args[0], env)
 
 
+def as_document_root(node: Node, env: Env) -> str | Template:
+    """``root``: as as_root, without a trailing slash (nginx drops it; the URI that is
+    appended brings its own), so that $document_root and $request_filename read as
+    nginx's. ``alias`` keeps its own: it replaces a prefix that may end in one."""
+    value = as_root(node, env)
+    return value[:-1] if isinstance(value, str) and value.endswith("/") else value
+
+
 def resolve_path(path: str, env: Env) -> str:
     import os
 
@@ -533,8 +541,15 @@ class ProxyPass:
 
     @property
     def host_header(self) -> str:
-        """nginx's ``$proxy_host``: the target as written (with its port unless 80)."""
-        return "localhost" if self.target.startswith("unix:") else self.target
+        """nginx's ``$proxy_host``: the target as written, with its port unless 80
+        (``127.0.0.1:80`` and ``[::1]:80`` give ``127.0.0.1`` and ``[::1]``)."""
+        target = self.target
+        if target.startswith("unix:"):
+            return "localhost"
+        host, colon, port = target.rpartition(":")
+        if colon and port == "80" and (":" not in host or host.endswith("]")):
+            return host
+        return target
 
 
 def as_proxy_pass(node: Node, env: Env) -> ProxyPass:
@@ -1071,7 +1086,7 @@ _TABLE: list[Directive] = [
         "root",
         "root PATH;",
         HSL,
-        as_root,
+        as_document_root,
         default="html",
         doc="The folder files are served from: the URI is appended to it. Relative "
         "paths start at the prefix (the folder of the main config file, or `-p`).",

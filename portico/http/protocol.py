@@ -561,7 +561,8 @@ class HttpConnection(asyncio.Protocol):
             )
         )
         self.write(head + body)
-        self.worker.site.log_rejected(self, status, len(head), len(body))
+        self.requests += 1  # a request, if not a valid one: nginx counts it too
+        self.worker.site.log_rejected(self, status, head, len(body))
         self.linger()
 
     # -- closing and timeouts ----------------------------------------------------------

@@ -48,6 +48,7 @@ class ProxyExchange:
         "chunked_body",
         "conn",
         "connect_timer",
+        "earlier",
         "finished",
         "group",
         "handler",
@@ -81,6 +82,9 @@ class ProxyExchange:
         self.send_timeout = handler.send_timeout
         self.peer: Peer | None = None
         self.upstream: UpstreamConnection | None = None
+        # the exchange of this request before an internal redirect (error_page), if
+        # any: $upstream_* list both, as nginx does ("... : ...")
+        self.earlier: ProxyExchange | None = request.upstream
         self.tried: list[Peer] = []
         self.attempts = 0
         self.started = time.monotonic()

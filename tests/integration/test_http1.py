@@ -532,7 +532,8 @@ def test_idle_connection_without_a_request_is_closed(server: Server) -> None:
 
 def test_a_rejected_request_logs_its_body_and_whole_sizes_apart(portico) -> None:  # type: ignore[no-untyped-def]
     server = portico(
-        "events {{}} http {{ log_format sizes '$status $body_bytes_sent $bytes_sent';\n"
+        "events {{}} http {{ log_format sizes '$status $body_bytes_sent $bytes_sent "
+        "$connection_requests $sent_http_content_length';\n"
         "access_log {dir}/access.log sizes;\n"
         'server {{ listen 127.0.0.1:{port}; return 200 "x"; }} }}'
     )
@@ -545,7 +546,8 @@ def test_a_rejected_request_logs_its_body_and_whole_sizes_apart(portico) -> None
     assert head.startswith(b"HTTP/1.1 400 ")
     server.stop()
     line = (Path(server.directory) / "access.log").read_text().splitlines()[-1]
-    assert line == f"400 {len(body)} {len(answer)}"
+    # the rejected request counts on its connection, and its answer's head is known
+    assert line == f"400 {len(body)} {len(answer)} 1 {len(body)}"
 
 
 def test_sent_http_variables_read_the_head_as_sent(portico, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -569,3 +571,19 @@ def test_sent_http_variables_read_the_head_as_sent(portico, tmp_path: Path) -> N
     # "always" adds nothing to a 404)
     assert lines[0] == "/page.html|text/html|9|close|two words|-"
     assert re.fullmatch(r"/gone\|text/html\|\d+\|close\|-\|-", lines[1]), lines[1]
+
+
+def test_a_root_with_a_trailing_slash_names_files_as_nginx_does(portico, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "page.html").write_bytes(b"<p>hi</p>")
+    server = portico(
+        "events {{}} http {{ log_format files '$document_root|$request_filename';\n"
+        "access_log {dir}/access.log files;\n"
+        "server {{ listen 127.0.0.1:{port}; root {root}/; }} }}"
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/page.html")
+    assert conn.getresponse().read() == b"<p>hi</p>"
+    conn.close()
+    server.stop()
+    line = (Path(server.directory) / "access.log").read_text().splitlines()[-1]
+    assert line == f"{tmp_path}|{tmp_path}/page.html"

@@ -975,6 +975,36 @@ def test_upstream_variables_show_every_peer_tried(portico, backends) -> None:
     assert re.fullmatch(rf'/one/1 200 "{b.address}" "200" "{times}"', lines["/one/1"])
 
 
+def test_upstream_variables_keep_the_exchanges_before_an_error_page_redirect(
+    portico,  # type: ignore[no-untyped-def]
+    backends,  # type: ignore[no-untyped-def]
+) -> None:
+    """nginx separates the upstreams of each internal redirect with " : "."""
+    failing, good = backends("a", status=502), backends("b")
+    server = portico(
+        """
+        worker_processes 1;
+        events {{ }}
+        http {{
+            log_format up '$upstream_addr|$upstream_status';
+            access_log {dir}/access.log up;
+            server {{
+                listen 127.0.0.1:{port};
+                location /s/ {{
+                    proxy_pass http://{a}; proxy_intercept_errors on; error_page 502 = /p/ok;
+                }}
+                location /p/ {{ proxy_pass http://{b}; }}
+            }}
+        }}
+        """,
+        a=failing.address,
+        b=good.address,
+    )
+    response = request(server.port, "/s/bad")
+    assert (response.status, response.header("X-Backend")) == (200, "b")
+    assert access_log_lines(server) == [f"{failing.address} : {good.address}|502 : 200"]
+
+
 def test_every_attempt_has_a_time_even_when_the_answer_is_cut_or_abandoned(
     portico,  # type: ignore[no-untyped-def]
     backends,  # type: ignore[no-untyped-def]

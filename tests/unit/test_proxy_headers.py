@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from portico.config.directives import ProxyPass
 from portico.proxy.headers import (
     HIDDEN_BY_DEFAULT,
     HOP_BY_HOP,
@@ -400,3 +401,20 @@ def test_a_name_dropped_for_one_request_by_its_connection_header_goes_on_for_the
         assert header_values(head_lines(tmpl, hop), "x-foo") == []
         assert header_values(head_lines(tmpl, plain), "x-foo") == ["2"]
         assert header_values(head_lines(tmpl, plain), "x-owned") == ["ours"]
+
+
+@pytest.mark.parametrize(
+    ("target", "proxy_host"),
+    [
+        ("127.0.0.1:80", "127.0.0.1"),  # nginx leaves out the default port
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("[::1]:80", "[::1]"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("[::1]", "[::1]"),
+        ("backend.test", "backend.test"),
+        ("app", "app"),  # an upstream group
+        ("unix:/run/app.sock", "localhost"),
+    ],
+)
+def test_proxy_host_is_the_target_without_the_default_port(target: str, proxy_host: str) -> None:
+    assert ProxyPass(target, None).host_header == proxy_host

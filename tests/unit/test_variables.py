@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import time
 
 import pytest
 
+from portico.http.parser import RequestReader
+from portico.http.request import Request
 from portico.variables import UnknownVariable, compile_template
 
 
@@ -77,3 +81,43 @@ def test_named_capture_must_be_declared() -> None:
     with pytest.raises(UnknownVariable):
         compile_template("$user")
     assert compile_template("$user", captures=["user"]).variables == ("user",)
+
+
+def _basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "user"),
+    [
+        (_basic(b"alice:s3cret"), "alice"),
+        ("basic " + base64.b64encode(b"bob:x:y").decode(), "bob"),  # any case, first colon
+        (_basic(b"no-colon"), ""),
+        (_basic(b":password"), ""),  # nginx: an empty user is no user
+        ("Basic !!notbase64", ""),
+        ("Bearer abc.def", ""),
+        ("", ""),
+    ],
+)
+def test_remote_user_is_the_basic_auth_user(authorization: str, user: str) -> None:
+    request = FakeRequest()
+    request.headers = {"authorization": authorization} if authorization else {}
+    assert compile_template("$remote_user").render(request) == user
+
+
+def test_log_times_are_now_in_nginx_formats() -> None:
+    request = FakeRequest()
+    request.start = 0.0  # the request's start does not matter: the time of the write does
+    iso = compile_template("$time_iso8601").render(request)
+    local = compile_template("$time_local").render(request)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", iso), iso
+    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}", local), local
+    assert iso[:4] == local[7:11] == time.strftime("%Y")
+
+
+def test_request_length_counts_every_byte_of_a_request_head() -> None:
+    raw = b"GET /path?q=1 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: t/1\r\n\r\n"
+    reader = RequestReader()
+    reader.feed(raw)
+    request = Request(FakeRequest.conn, reader.events[0], 0.0)  # type: ignore[arg-type]
+    assert compile_template("$request_length").render(request) == str(len(raw))
