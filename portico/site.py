@@ -37,6 +37,7 @@ from portico.process.sockets import SocketKey
 from portico.proxy.handler import ProxyHandler
 from portico.routing import LocationTree, ServerSelector
 from portico.static.handler import FileCache, StaticHandler
+from portico.static.root import FileRoot
 from portico.timeouts import Wheel
 from portico.upstream.group import UpstreamGroup
 
@@ -78,6 +79,7 @@ class Location:
         "client_max_body_size",
         "conf",
         "error_pages",
+        "files",
         "handler",
         "keepalive_requests",
         "keepalive_timeout",
@@ -128,7 +130,9 @@ class Location:
         self.limiters = site.limiters(values)
         self.limit_req_status: int = values["limit_req_status"]
         self.limit_conn_status: int = values["limit_conn_status"]
-        self.handler: Handler = site.make_handler(values, conf)
+        # where its files are (a prefix location's alias replaces its pattern)
+        self.files = FileRoot(values, conf.pattern if conf and conf.regex is None else "")
+        self.handler: Handler = site.make_handler(values, conf, self.files)
         self.locations: tuple[Location, ...] = tuple(
             Location(site, child, child.values, server)
             for child in (conf.locations if conf else ())
@@ -269,17 +273,18 @@ class Site:
             out.append((ConnectionLimiter(self.zones[name], number), zones[name].key, "conn"))
         return tuple(out)
 
-    def make_handler(self, values: Mapping[str, Any], conf: LocationConf | None) -> Handler:
+    def make_handler(
+        self, values: Mapping[str, Any], conf: LocationConf | None, files: FileRoot
+    ) -> Handler:
         if values.get("return") is not None and conf is not None:
             return ReturnHandler(values["return"])
-        prefix = conf.pattern if conf is not None and conf.regex is None else None
         proxy_pass = values.get("proxy_pass")
         if proxy_pass is not None:
-            return ProxyHandler(values, self.upstreams[proxy_pass.target], prefix or "")
+            return ProxyHandler(values, self.upstreams[proxy_pass.target], files.prefix)
         app = values.get("wsgi")
         if app is not None:
             return self._wsgi_handler(values, app)
-        return StaticHandler(values, prefix, self.file_cache)
+        return StaticHandler(values, files, self.file_cache)
 
     def _wsgi_handler(self, values: Mapping[str, Any], app: WsgiApp) -> Handler:
         from portico.wsgi.app import load_app
@@ -635,7 +640,8 @@ class _Rejected:
         self.server_name = ""
         self.start = time.time()
         self.sent_head = head
-        self.document_root = self.request_filename = self.proxy_host = ""
+        self.location = None
+        self.proxy_host = ""
         self.upstream = None
         self.captures = self.server_captures = None
 

@@ -242,7 +242,7 @@ VARIABLES: dict[str, Getter] = {
     "connection_requests": _expression("str(r.conn.requests)"),
     "content_length": _header("content_length"),
     "content_type": _header("content_type"),
-    "document_root": _expression("r.document_root"),
+    "document_root": _expression("r.location.files.folder(r) if r.location else ''"),
     "host": _host,
     "hostname": lambda r: _HOSTNAME,
     "msec": lambda r: f"{time.time():.3f}",
@@ -257,7 +257,7 @@ VARIABLES: dict[str, Getter] = {
     "request": _expression(
         "f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\" if r.method else ''"
     ),
-    "request_filename": _expression("r.request_filename"),
+    "request_filename": _expression("r.location.files.filename(r, r.path) if r.location else ''"),
     "request_length": lambda r: str(_request_length(r)),
     "request_method": _expression("r.method"),
     "request_time": lambda r: f"{r.elapsed():.3f}",

@@ -122,7 +122,6 @@ class Request:
         "cleanups",
         "conn",
         "content_length",
-        "document_root",
         "error_status",
         "finished",
         "head",
@@ -138,7 +137,6 @@ class Request:
         "proxy_host",
         "query",
         "redirects",
-        "request_filename",
         "response_chunked",
         "sent_head",
         "server",
@@ -191,8 +189,6 @@ class Request:
         self.bytes_sent = 0
         self.finished = False
         # filled by handlers, read by variables
-        self.document_root = ""
-        self.request_filename = ""
         self.proxy_host = ""
         self.limited = False  # limit_req / limit_conn were applied
         # called once when the request ends, answered or not (limit_conn's release)

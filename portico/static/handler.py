@@ -34,7 +34,7 @@ from portico.static.conditional import (
     parse_range,
 )
 from portico.static.mime import guess_type
-from portico.variables import Template
+from portico.static.root import FileRoot
 
 if TYPE_CHECKING:
     from portico.http.request import Request
@@ -103,28 +103,21 @@ class StaticHandler:
     __slots__ = (
         "_cache",
         "_store",
-        "alias",
         "autoindex",
         "default_type",
         "etag",
+        "files",
         "ims_mode",
         "index",
-        "location_prefix",
         "log_not_found",
-        "root",
         "sendfile",
         "symlinks",
         "try_files",
         "types",
     )
 
-    def __init__(
-        self, values: Mapping[str, Any], location_prefix: str | None, cache: FileCache
-    ) -> None:
-        self.root: str | Template = values["root"]
-        self.alias: str | Template | None = values.get("alias")
-        # for alias in a prefix location: the part of the URI that alias replaces
-        self.location_prefix = location_prefix or ""
+    def __init__(self, values: Mapping[str, Any], files: FileRoot, cache: FileCache) -> None:
+        self.files = files  # the location's root or alias
         self.index: tuple[str, ...] = values["index"]
         self.autoindex: bool = values["autoindex"]
         self.try_files: TryFiles | None = values.get("try_files")
@@ -151,31 +144,7 @@ class StaticHandler:
         if path.endswith("/"):
             self._index(request, path)
         else:
-            self._serve(request, self._filename(request, path), path)
-
-    def _document_root(self, request: Request) -> str:
-        root = self.alias if self.alias is not None else self.root
-        return root if isinstance(root, str) else root.render(request)
-
-    def _filename(self, request: Request, uri: str) -> str:
-        alias = self.alias
-        if alias is None:
-            root = self.root
-            base = root if isinstance(root, str) else root.render(request)
-            request.document_root = base
-            filename = base + uri
-        elif isinstance(alias, Template):
-            # alias in a regex location: the alias is the whole path (with captures)
-            filename = alias.render(request)
-            request.document_root = filename
-        else:
-            request.document_root = alias
-            rest = uri[len(self.location_prefix) :]
-            # "location /img { alias /data/images/; }" and "/img../x": the URI has no
-            # ".." segment, but joined to the alias it would climb out of it: no file
-            filename = "" if rest.startswith("..") else alias + rest
-        request.request_filename = filename
-        return filename
+            self._serve(request, self.files.filename(request, path), path)
 
     # -- files ---------------------------------------------------------------------
 
@@ -327,7 +296,7 @@ class StaticHandler:
         request.conn.send_error(request, status)
 
     def _links_allowed(self, request: Request, filename: str) -> bool:
-        start = self._document_root(request) if self.symlinks.from_root else "/"
+        start = self.files.folder(request) if self.symlinks.from_root else "/"
         path = start.rstrip("/")
         for part in filename[len(start.rstrip("/")) :].split("/"):
             if not part:
@@ -351,7 +320,7 @@ class StaticHandler:
     # -- directories ---------------------------------------------------------------
 
     def _index(self, request: Request, uri: str) -> None:
-        directory = self._filename(request, uri)
+        directory = self.files.filename(request, uri)
         site = request.conn.worker.site
         for i, name in enumerate(self.index):
             if name.startswith("/") and i == len(self.index) - 1:
@@ -410,7 +379,7 @@ class StaticHandler:
             if not uri:
                 continue
             want_directory = uri.endswith("/")
-            filename = self._filename(request, uri)
+            filename = self.files.filename(request, uri)
             try:
                 st = os.stat(filename.rstrip("/") if want_directory else filename)
             except OSError:

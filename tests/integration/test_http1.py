@@ -587,3 +587,38 @@ def test_a_root_with_a_trailing_slash_names_files_as_nginx_does(portico, tmp_pat
     server.stop()
     line = (Path(server.directory) / "access.log").read_text().splitlines()[-1]
     assert line == f"{tmp_path}|{tmp_path}/page.html"
+
+
+def test_file_variables_follow_root_alias_and_the_uri_in_every_location(  # type: ignore[no-untyped-def]
+    portico, backends, tmp_path: Path
+) -> None:
+    """nginx derives $document_root and $request_filename from the location's root or
+    alias and the current URI, whatever the location does with the request."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.gif").write_bytes(b"GIF89a")
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{ log_format files '$uri|$document_root|$request_filename';\n"
+        "access_log {dir}/access.log files;\n"
+        "server {{ listen 127.0.0.1:{port}; root {root};\n"
+        "location /p/ {{ proxy_pass http://{a}; }}\n"
+        "location = /r {{ return 204; }}\n"
+        "location /tf/ {{ try_files $uri /r; }}\n"
+        "location /i/ {{ alias {root}/img/; }} }} }}",
+        a=backend.address,
+    )
+    for path, status in (("/p/x", 200), ("/r", 204), ("/tf/nothere", 204), ("/i/a.gif", 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert response.status == status, path
+    server.stop()
+    root = str(tmp_path)
+    assert (Path(server.directory) / "access.log").read_text().splitlines() == [
+        f"/p/x|{root}|{root}/p/x",
+        f"/r|{root}|{root}/r",
+        f"/r|{root}|{root}/r",  # try_files fell back to /r: the file of the new URI
+        f"/i/a.gif|{root}/img/|{root}/img/a.gif",
+    ]
