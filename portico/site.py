@@ -190,7 +190,8 @@ class Binding:
         self.default = selector.default
         values = self.default.conf.values
         count, size = values["large_client_header_buffers"]
-        self.header_limits = (size, count)
+        # (and whether header names may hold "_"): a pool of request parsers each
+        self.header_limits = (size, count, values["underscores_in_headers"])
         self.header_timeout: float = values["client_header_timeout"]
         self.server_tokens: bool = values["server_tokens"]
         self.server_header = self.default.implicit.server_header
@@ -565,7 +566,12 @@ class Site:
         absolute_redirect is on, as nginx makes it."""
         if not self._values(request)["absolute_redirect"]:
             return path
-        host = request.host or request.server.name or request.conn.server_addr
+        # nginx (server_name_in_redirect off): the Host, else the address it came to
+        # (a Unix socket has none: the server's name then)
+        address = request.conn.server_addr
+        host = request.host or (
+            request.server.name if address.startswith("unix:") else _url_host(address)
+        )
         port = request.conn.server_port
         return f"http://{host}{'' if port in ('80', '') else ':' + port}{path}"
 
@@ -606,6 +612,11 @@ class Site:
         stub = _Rejected(conn, status, head, body)
         for log in logs:
             log.write(stub)
+
+
+def _url_host(address: str) -> str:
+    """An address as the host of a URL: an IPv6 one in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _selector(members: list[tuple[Server, Listen]]) -> ServerSelector[Server]:

@@ -1039,6 +1039,17 @@ _TABLE: list[Directive] = [
         "each header line in SIZE and all headers in NUMBER x SIZE (else 431).",
     ),
     Directive(
+        "underscores_in_headers",
+        "underscores_in_headers on | off;",
+        HS,
+        as_flag,
+        default="off",
+        doc="Whether request header names may contain underscores. With `off`, as in "
+        "nginx, such a header is ignored: it is not seen by variables or apps, nor "
+        "passed to an upstream (a WSGI app, or a CGI-style backend, would take "
+        "`X_User` for `X-User`).",
+    ),
+    Directive(
         "merge_slashes",
         "merge_slashes on | off;",
         HS,

@@ -10,7 +10,8 @@ It raises ``RemoteProtocolError`` with the status the error implies when the byt
 cannot be a valid request; the connection must then answer that status and close,
 because framing can no longer be trusted.
 
-Framing rules (RFC 9112 §6, and nginx's answers):
+Framing rules (RFC 9112 §6, and nginx's answers where it is not laxer: nginx takes a
+bare LF for a line end, which we refuse, as a request smuggling vector):
 
 - ``Transfer-Encoding`` together with ``Content-Length``            → 400
 - two ``Content-Length`` headers (even equal ones)                  → 400
@@ -20,7 +21,8 @@ Framing rules (RFC 9112 §6, and nginx's answers):
 - an HTTP/1.1 request without ``Host``                              → 400
 - HTTP/2.0 and later on an HTTP/1 connection                        → 505
 - HTTP/0.9 (a request line without a version), HTTP/0.x             → 400
-- a request line (method, target, version) longer than the buffer   → 414
+- a request line (method, target, version, CRLF) longer than the
+  buffer of ``large_client_header_buffers``                         → 414
 - a header line longer than the buffer, or a head longer than
   NUMBER x SIZE of ``large_client_header_buffers``                  → 431
 - any other malformed request line or header (bare LF line ends,
@@ -28,7 +30,9 @@ Framing rules (RFC 9112 §6, and nginx's answers):
 
 We answer 431 (RFC 6585) where nginx answers 400 with "Request Header Or Cookie Too
 Large": the newer code says exactly what is wrong. Trailers of chunked bodies are read
-and dropped. httptools' callbacks only record; every decision is made here.
+and dropped. A header whose name holds an underscore is dropped too, as nginx ignores
+it, unless ``underscores_in_headers`` allows it. httptools' callbacks only record;
+every decision is made here.
 
 The events must not depend on how the bytes were split into reads (framing bugs hide
 at buffer boundaries; tests/unit/test_parser.py feeds its corpus whole, by lines, by
@@ -114,6 +118,8 @@ class RequestHead:
 Event = RequestHead | bytes | _End
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+# ord("_"): an int is found in bytes with one memchr, b"_" through the buffer protocol
+_UNDERSCORE = 95
 # header names as received → lowercase str: clients send the same few again and again
 _NAMES: dict[bytes, str] = {}
 
@@ -140,6 +146,7 @@ class RequestReader:
         "_parser",
         "_raw_headers",
         "_transfer_encoding",
+        "_underscores",
         "_url",
         "events",
         "held",
@@ -147,12 +154,17 @@ class RequestReader:
         "paused",
     )
 
-    def __init__(self, line_size: int = 8192, header_count: int = 4) -> None:
+    def __init__(
+        self, line_size: int = 8192, header_count: int = 4, underscores: bool = False
+    ) -> None:
         self._parser = httptools.HttpRequestParser(self)
         # any "HTTP/d.d" passes httptools, so that on_headers_complete can tell 2.0+
         # (505) and 1.2 (read as 1.1) from garbage; nothing else is relaxed
         self._parser.set_dangerous_leniencies(lenient_version=True)
         self._line_size = line_size  # the request line, and each header line
+        # underscores_in_headers: else a header whose name has one is dropped, as nginx
+        # ignores it (a WSGI environ or CGI would read X_User as X-User)
+        self._underscores = underscores
         self._head_size = line_size * header_count + line_size
         self.events: deque[Event] = deque()
         self._url = b""
@@ -251,7 +263,11 @@ class RequestReader:
 
     def on_url(self, piece: bytes) -> None:
         url = self._url = self._url + piece if self._url else piece
-        if len(url) > self._line_size:
+        # the whole request line must fit: method, two spaces, "HTTP/1.1" and CRLF (the
+        # method is asked for only near the limit: none that httptools knows has 20 bytes)
+        if len(url) + 32 > self._line_size and (
+            len(self._parser.get_method()) + len(url) + 12 > self._line_size
+        ):
             raise RemoteProtocolError("request URI too long", 414)
         self._head_length += len(piece)
         if self._head_length > self._head_size:
@@ -269,6 +285,8 @@ class RequestReader:
         head_length = self._head_length = self._head_length + size + 2  # and CRLF
         if head_length > self._head_size:
             raise RemoteProtocolError("request header too large", 431)
+        if _UNDERSCORE in name and not self._underscores:
+            return
         self._raw_headers.append((name, value))
         key = _NAMES.get(name) or header_name(name)
         headers = self._headers

@@ -186,6 +186,13 @@ class HttpConnection(asyncio.Protocol):
             # idle, lingering, or half-closed mid-head (a head that will never end)
             self.close()
             return None
+        if not current.body.complete and not current.headers_sent:
+            # the rest of the body can never come: nginx says nothing more, logs 400
+            self.worker.site.error(current, "client prematurely closed connection", "info")
+            current.status = 400
+            self.abandon(current)
+            self.close()
+            return None
         exchange = current.upstream
         if exchange is not None and exchange.stops_when_client_closes:
             # nginx takes a client that closes even only its sending side while a proxied
@@ -271,6 +278,11 @@ class HttpConnection(asyncio.Protocol):
         limit = self.binding.body_limit_of(request)
         if limit and body.received + len(data) > limit and not request.headers_sent:
             # a chunked body that grew past client_max_body_size
+            self.worker.site.error(
+                request,
+                "client intended to send too large chunked body: "
+                f"{body.received}+{len(data)} bytes",
+            )
             self.abandon(request)
             self.send_error(request, 413)
             return

@@ -150,10 +150,6 @@ class StaticHandler:
 
     def _serve(self, request: Request, filename: str, uri: str) -> None:
         conn = request.conn
-        method = request.method
-        if method != "GET" and method != "HEAD":
-            conn.send_error(request, 405)
-            return
         try:
             st = os.stat(filename)
         except OSError as e:
@@ -165,6 +161,11 @@ class StaticHandler:
             return
         if not stat.S_ISREG(mode):
             conn.send_error(request, 404)
+            return
+        method = request.method
+        if method != "GET" and method != "HEAD":
+            # nginx looks for the file first: a missing one is 404, a folder 301
+            conn.send_error(request, 405)
             return
         if self.symlinks.mode != "off" and not self._links_allowed(request, filename):
             conn.worker.site.error(request, f'"{filename}" has a symbolic link in it')
@@ -193,10 +194,8 @@ class StaticHandler:
                         return
                     break
             range_value = headers.get("range")
-            if (
-                range_value is not None
-                and request.method == "GET"
-                and if_range_allows(headers.get("if-range"), entry.etag, entry.mtime)
+            if range_value is not None and if_range_allows(
+                headers.get("if-range"), entry.etag, entry.mtime
             ):
                 selected = parse_range(range_value, entry.size)
                 if selected is UNSATISFIABLE:

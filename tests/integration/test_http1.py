@@ -622,3 +622,37 @@ def test_file_variables_follow_root_alias_and_the_uri_in_every_location(  # type
         f"/r|{root}|{root}/r",  # try_files fell back to /r: the file of the new URI
         f"/i/a.gif|{root}/img/|{root}/img/a.gif",
     ]
+
+
+def test_static_answers_in_nginx_order_and_head_takes_ranges(portico, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.txt").write_bytes(b"0123456789abcdefghijklm")
+    (tmp_path / "dir").mkdir()
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port}; server_name named.test; "
+        "root {root}; }} }}"
+    )
+
+    def ask(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(data)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+    def status(data: bytes) -> bytes:
+        return ask(data).split(b"\r\n", 1)[0]
+
+    close = b"Host: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    # the file is looked for before the method: missing 404, a folder 301, a file 405
+    assert status(b"POST /missing HTTP/1.1\r\n" + close) == b"HTTP/1.1 404 Not Found"
+    assert status(b"POST /dir HTTP/1.1\r\n" + close) == b"HTTP/1.1 301 Moved Permanently"
+    assert status(b"POST /a.txt HTTP/1.1\r\n" + close) == b"HTTP/1.1 405 Method Not Allowed"
+    # HEAD with a Range: the 206 a GET would get, without its body
+    head = ask(b"HEAD /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-4\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 ") and head.endswith(b"\r\n\r\n")
+    assert b"Content-Range: bytes 0-4/23\r\n" in head and b"Content-Length: 5\r\n" in head
+    # no Host (HTTP/1.0): the redirect names the address the request came to, not the
+    # server_name (nginx's server_name_in_redirect off)
+    redirect = ask(b"GET /dir HTTP/1.0\r\n\r\n")
+    assert f"Location: http://127.0.0.1:{server.port}/dir/\r\n".encode() in redirect

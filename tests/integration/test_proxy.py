@@ -1096,6 +1096,48 @@ def test_with_ignore_client_abort_a_half_closed_client_still_gets_its_answer(
     assert access_log_lines(server) == ["/slow?ms=300 200", "/slow?ms=300 499", "/after 200"]
 
 
+def test_a_body_cut_short_or_too_long_ends_the_request_as_nginx_does(
+    portico,  # type: ignore[no-untyped-def]
+    backends,  # type: ignore[no-untyped-def]
+) -> None:
+    backend = backends("a")
+    server = portico(
+        """
+        worker_processes 1;
+        error_log {dir}/error.log info;
+        events {{ }}
+        http {{
+            log_format brief '$request_uri $status';
+            access_log {dir}/access.log brief;
+            client_max_body_size 1k;
+            client_body_timeout 30s;
+            server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }}
+        }}
+        """,
+        a=backend.address,
+    )
+    # the client stops sending halfway and closes its sending side: nothing more can
+    # come, so no waiting for the body timeout; nothing answered, 400 logged
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /cut HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        time.sleep(0.1)
+        started = time.monotonic()
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_close(sock) == b""
+        assert time.monotonic() - started < 2.0
+    # a chunked body over client_max_body_size: 413, and nginx's error line
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
+        sock.sendall(
+            b"POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2
+        )
+        assert read_until_close(sock).startswith(b"HTTP/1.1 413 ")
+    assert access_log_lines(server) == ["/cut 400", "/big 413"]
+    log = error_log(server)
+    assert "[info]" in log and "client prematurely closed connection" in log
+    assert "client intended to send too large chunked body: 1024+1024 bytes" in log
+
+
 # -- Upgrade tunnels ---------------------------------------------------------------------
 
 
@@ -1303,3 +1345,21 @@ def test_an_absolute_form_target_goes_upstream_in_origin_form(portico, backends)
     )
     assert response.status == 200
     assert response.json()["target"] == "/echo?q=1"
+
+
+def test_header_names_with_underscores_reach_the_backend_only_if_allowed(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = backends("a")
+    server = portico(
+        "events {{}} http {{\n"
+        "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{a}; }} }}\n"
+        "server {{ listen 127.0.0.1:{port2}; underscores_in_headers on;\n"
+        "          location / {{ proxy_pass http://{a}; }} }} }}",
+        ports=2,
+        a=backend.address,
+    )
+    seen = []
+    for port in (server.port, server.ports["port2"]):
+        assert request(port, "/", headers={"X_User": "admin", "X-User": "real"}).status == 200
+        names = [name for name, _ in backend.stats.requests_seen[-1]["headers"]]
+        seen.append([name for name in names if name.lower().startswith("x")])
+    assert seen == [["X-User"], ["X_User", "X-User"]]

@@ -283,6 +283,34 @@ def test_head_limit_is_exact_whatever_the_reads() -> None:
         assert outcomes == ({431} if refused else {None}), (len(data), outcomes)
 
 
+def test_the_whole_request_line_must_fit_in_a_buffer() -> None:
+    # method, two spaces, "HTTP/1.1" and CRLF count, whatever the reads
+    def request(method: bytes, line: int) -> bytes:
+        target = b"/" + b"t" * (line - len(method) - 13)
+        data = b"%s %s HTTP/1.1\r\nHost: example.com\r\n\r\n" % (method, target)
+        assert data.index(b"\r\n") + 2 == line
+        return data
+
+    for method in (b"GET", b"OPTIONS"):
+        for line, refused in ((LINE_SIZE, False), (LINE_SIZE + 1, True)):
+            data = request(method, line)
+            outcomes = {read(pieces)[1] for pieces in whole(data) + by_byte(data)}
+            assert outcomes == ({414} if refused else {None}), (method, line, outcomes)
+
+
+@pytest.mark.parametrize("underscores", [False, True])
+def test_a_header_name_with_an_underscore_is_dropped_unless_allowed(underscores: bool) -> None:
+    reader = RequestReader(LINE_SIZE, HEADER_COUNT, underscores)
+    reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX_User: admin\r\nX-User: real\r\n\r\n")
+    head = reader.events[0]
+    assert isinstance(head, RequestHead)
+    if underscores:
+        assert head.headers == {"host": "x", "x_user": "admin", "x-user": "real"}
+    else:
+        assert head.headers == {"host": "x", "x-user": "real"}
+        assert [name for name, _ in head.raw_headers] == [b"Host", b"X-User"]
+
+
 def test_upgrade_pauses_and_holds_what_follows() -> None:
     data = (CORPUS / "valid" / "pipelined-after-upgrade.http").read_bytes()
     second = data[data.index(b"\r\n\r\n") + 4 :]
