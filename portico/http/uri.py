@@ -27,11 +27,19 @@ target the client should not have sent.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 from portico.errors import RemoteProtocolError
 
-__all__ = ["normalize_path", "parse_target", "quote_path", "split_target", "target_authority"]
+__all__ = [
+    "escape_uri",
+    "normalize_path",
+    "parse_target",
+    "quote_path",
+    "split_target",
+    "target_authority",
+]
 
 # RFC 9112 §3.2 (request-target) and RFC 3986:
 #
@@ -226,6 +234,19 @@ def _resolve_segments(path: bytes, merge_slashes: bool) -> bytes:
     if not out:
         return b"/"
     return b"/" + b"/".join(out) + (b"/" if trailing_slash else b"")
+
+
+# what nginx's ngx_escape_uri(NGX_ESCAPE_URI) encodes in a path it sends upstream:
+# control bytes, space, "#", "%", "?", DEL and every byte beyond ASCII
+_URI_UNSAFE = re.compile(rb"[\x00-\x20#%?\x7f-\xff]")
+
+
+def escape_uri(path: str) -> str:
+    """Percent-encode a decoded path as nginx does for an upstream request: only what
+    would end or break a path (``#``, ``?``, ``%``, space, controls, non-ASCII), so
+    that ``;jsessionid=``, ``/@scope/pkg`` or ``/v1/x:action`` go as they are."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return _URI_UNSAFE.sub(lambda match: b"%%%02X" % match[0][0], raw).decode("ascii")
 
 
 def quote_path(path: str) -> str:

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from portico.http.parser import header_name
-from portico.http.uri import quote_path, split_target
+from portico.http.uri import escape_uri, parse_target, split_target
 from portico.variables import Template, compile_template
 
 HOP_BY_HOP = frozenset(
@@ -102,9 +102,10 @@ class RequestTemplate:
         """The request-target to send."""
         if self.uri is None:
             target: bytes = request.target
-            if request.redirects:
-                # after an internal redirect the original target no longer applies
-                path = quote_path(request.path)
+            if request.redirects and request.path != parse_target(target)[0]:
+                # after an internal redirect to another URI (not to a named location,
+                # which keeps it) the original target no longer applies
+                path = escape_uri(request.path)
                 return (path + ("?" + request.query if request.query else "")).encode()
             if target[:1] != b"/":
                 # an absolute-form target ("GET http://host/x"): the upstream gets the
@@ -114,7 +115,7 @@ class RequestTemplate:
             return target
         path = request.path
         rest = path[len(self.prefix) :] if path.startswith(self.prefix) else path
-        target = quote_path(self.uri + rest)
+        target = escape_uri(self.uri + rest)
         if request.query:
             target += "?" + request.query
         return target.encode("latin-1")

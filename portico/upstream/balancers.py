@@ -36,7 +36,7 @@ import itertools
 import math
 import zlib
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -122,9 +122,9 @@ class Peer:
       server is not picked again. A successful trial puts it back in rotation with the count
       cleared; a failed trial makes it unavailable for another ``fail_timeout``.
     * ``max_fails=0`` turns all of this off: the server is never taken out.
-    * Unlike nginx, which never takes out the only server of a group, a one-server group
-      follows the same rules: while its server is unavailable, ``pick`` returns ``None`` and
-      the client gets a quick 502 instead of waiting on a server that just failed.
+    * As in nginx, the only server of a group (no other, no backup) is never taken out:
+      there is nothing to send its requests to instead, and an app that restarts behind
+      it must be reached again at once, not after ``fail_timeout`` of 502s.
     """
 
     __slots__ = (
@@ -307,6 +307,8 @@ class Balancer:
     def __init__(
         self, specs: Sequence[PeerSpec], clock: Callable[[], float], rng: random.Random
     ) -> None:
+        if len(specs) == 1:
+            specs = [replace(specs[0], max_fails=0)]  # the only server: never taken out
         self.peers = [Peer(s) for s in specs if not s.backup]
         self.backups = [Peer(s) for s in specs if s.backup]
         if not self.peers:

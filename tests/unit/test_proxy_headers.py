@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from portico.config.directives import ProxyPass
+from portico.http.uri import parse_target
 from portico.proxy.headers import (
     HIDDEN_BY_DEFAULT,
     HOP_BY_HOP,
@@ -111,6 +112,14 @@ def test_after_an_internal_redirect_the_new_uri_goes_encoded() -> None:
     assert template().target(request) == b"/new"
 
 
+def test_after_a_redirect_to_a_named_location_the_client_target_goes_as_received() -> None:
+    # the URI did not change (try_files ... @app): nginx sends what the client sent,
+    # an encoded slash included
+    target = b"/tf/a+b;c=d@e:f/%2Fg%20h?q=%2F+1"
+    request = FakeRequest(target, path=parse_target(target)[0], redirects=1)
+    assert template().target(request) == target
+
+
 @pytest.mark.parametrize(
     ("uri", "prefix", "path", "query", "expected"),
     [
@@ -122,6 +131,11 @@ def test_after_an_internal_redirect_the_new_uri_goes_encoded() -> None:
         ("/", "/api/", "/api/a b", "", b"/a%20b"),
         ("/v2/", "/api/", "/api/caf\u00e9", "", b"/v2/caf%C3%A9"),
         ("/", "/", "/x", "q", b"/x?q"),
+        # nginx encodes only what would break the path: sub-delims and ":" "@" go as
+        # they are (";jsessionid=", "/@scope/pkg", "/v1/x:action")
+        ("/v2/", "/api/", "/api/u@h:1/a,b(c)!$&'*=+;", "", b"/v2/u@h:1/a,b(c)!$&'*=+;"),
+        ("/v2/", "/api/", '/api/"<>{}|^`', "", b'/v2/"<>{}|^`'),
+        ("/v2/", "/api/", "/api/a#b?c%d\x7f", "", b"/v2/a%23b%3Fc%25d%7F"),
     ],
 )
 def test_a_uri_replaces_the_part_the_location_matched(
