@@ -19,6 +19,7 @@ Every answer carries ``X-Backend: NAME``. Routes (the query is optional everywhe
 ``[&close=1]``              (``close``) as HTTP/1.0 delimited by the close
 ``/headers[?split=1]``      an answer with hop-by-hop, hidden and ordinary headers (with
                             ``split``, a ``Connection: close`` goes on a second line)
+``.../redirect?to=URL``     302 with ``Location: URL`` and ``Refresh: 0; url=URL``
 ``/__stats``                the counters as JSON (not counted themselves)
 ``Upgrade`` requests        ``101``, then every byte is echoed back until the peer closes
 anything else               JSON: the request line, headers, body size and sha256
@@ -424,6 +425,12 @@ class Backend:
                 while True:
                     reader.fill()
             return False
+        if path.endswith("/redirect"):
+            # a redirect to ?to= in Location and Refresh, as an app that builds
+            # absolute URLs from the Host it was sent
+            to = query.get("to", "/")
+            headers = [("Location", to), ("Refresh", f"0; url={to}")]
+            return self._send(sock, 302, headers, b"", keep, head_only)
         if path.startswith("/status/"):
             status = int(path[len("/status/") :])
             headers = [("Content-Type", "text/plain")]

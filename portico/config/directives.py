@@ -502,6 +502,17 @@ def as_header_pair(node: Node, env: Env) -> tuple[str, Template]:
     return node.args[0], template(node, env, node.args[1])
 
 
+def as_proxy_redirect(node: Node, env: Env) -> str | tuple[str, str]:
+    """``default``, ``off``, or a (redirect, replacement) pair of plain strings."""
+    if len(node.args) == 1:
+        if node.args[0] not in ("default", "off"):
+            raise node.error(f'invalid parameter "{node.args[0]}"')
+        return node.args[0]
+    if "$" in node.args[0] + node.args[1]:
+        raise node.error('variables in "proxy_redirect" are not supported')
+    return node.args[0], node.args[1]
+
+
 def as_large_buffers(node: Node, env: Env) -> tuple[int, int]:
     return _int(node, node.args[0], minimum=1), _size(node, node.args[1])
 
@@ -1287,6 +1298,23 @@ PROXY = [
         "an empty VALUE removes the header. Defaults: `Host $proxy_host` and "
         "`Connection close` (no Connection header when the upstream keeps "
         "connections alive).",
+    ),
+    Directive(
+        "proxy_redirect",
+        "proxy_redirect default | off | REDIRECT REPLACEMENT;",
+        HSL,
+        as_proxy_redirect,
+        min_args=1,
+        max_args=2,
+        multiple=True,
+        doc="Rewrites the start of the `Location` and `Refresh` headers of upstream "
+        "answers: where one starts with REDIRECT, that part becomes REPLACEMENT (the "
+        "first line that matches counts). `default` (also when no line is given) "
+        "stands for the proxy_pass URL and the location: with `location /one/ { "
+        "proxy_pass http://app:8000/two/; }`, `http://app:8000/two/` becomes `/one/`; "
+        "without a URI part, `http://app:8000/` becomes `/`. So a backend that builds "
+        "absolute redirects from the Host it was sent does not send clients to an "
+        "internal address. `off` turns it off.",
     ),
     Directive(
         "proxy_hide_header",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from portico.config.directives import NextUpstream, ProxyPass
 from portico.proxy.exchange import ProxyExchange
-from portico.proxy.headers import compile_request, compile_response
+from portico.proxy.headers import compile_request, compile_response, redirect_rules
 from portico.upstream.group import UpstreamGroup
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class ProxyHandler:
             proxy_host=self.proxy_host,
         )
         self.response_filter = compile_response(
-            values["proxy_hide_header"], values["proxy_pass_header"]
+            values["proxy_hide_header"],
+            values["proxy_pass_header"],
+            redirect_rules(values["proxy_redirect"], proxy_pass.target, proxy_pass.uri, prefix),
         )
         self.next_upstream: NextUpstream = values["proxy_next_upstream"]
         self.retry_statuses = self.next_upstream.statuses

@@ -224,6 +224,9 @@ def compile_request(
 _PLAIN_CONNECTION = frozenset({b"", b"keep-alive", b"close", b"upgrade"})
 _CONNECTION_VALUES = re.compile(rb"\nconnection:[ \t]*([^\r]*)", re.I)
 _SERVER_LINE = re.compile(rb"\nserver:", re.I)
+_LOCATION_LINE = re.compile(rb"(\nlocation:[ \t]*)([^\r]*)", re.I)
+_REFRESH_LINE = re.compile(rb"(\nrefresh:[ \t]*)([^\r]*)", re.I)
+_REFRESH_URL = re.compile(rb"url=", re.I)
 _DATE_LINE = re.compile(rb"\ndate:", re.I)
 
 
@@ -247,6 +250,8 @@ class ResponseFilter:
     dropped: re.Pattern[bytes]  # hidden, hop-by-hop and framing lines
     # Server or Date may pass (proxy_pass_header): then look for them
     may_own: bool
+    # proxy_redirect: (start of a Location or Refresh URL, what replaces it), in order
+    redirects: tuple[tuple[bytes, bytes], ...] = ()
     memo: dict[bytes, tuple[bytes, int]] = field(default_factory=dict, compare=False)
 
     def headers(self, block: bytes) -> tuple[bytes, int]:
@@ -278,14 +283,60 @@ class ResponseFilter:
                 own |= 1
             if _DATE_LINE.search(kept):
                 own |= 2
+        if self.redirects:
+            kept = _LOCATION_LINE.sub(self._rewrite_location, kept)
+            kept = _REFRESH_LINE.sub(self._rewrite_refresh, kept)
         return kept[1:], own
 
+    def _redirected(self, url: bytes) -> bytes:
+        for redirect, replacement in self.redirects:
+            if url.startswith(redirect):
+                return replacement + url[len(redirect) :]
+        return url
 
-def compile_response(hide: Iterable[str], pass_: Iterable[str]) -> ResponseFilter:
+    def _rewrite_location(self, line: re.Match[bytes]) -> bytes:
+        return line[1] + self._redirected(line[2])
+
+    def _rewrite_refresh(self, line: re.Match[bytes]) -> bytes:
+        value = line[2]  # "5; url=http://..."
+        url = _REFRESH_URL.search(value)
+        if url is None:
+            return line[0]
+        return line[1] + value[: url.end()] + self._redirected(value[url.end() :])
+
+
+def compile_response(
+    hide: Iterable[str], pass_: Iterable[str], redirects: Iterable[tuple[str, str]] = ()
+) -> ResponseFilter:
     hidden = (HIDDEN_BY_DEFAULT | {name.lower() for name in hide}) - {
         name.lower() for name in pass_
     }
     dropped = _lines_named(
         name.encode("latin-1") for name in hidden | HOP_BY_HOP | _RESPONSE_FRAMING
     )
-    return ResponseFilter(frozenset(hidden), dropped, not {"server", "date"} <= hidden)
+    return ResponseFilter(
+        frozenset(hidden),
+        dropped,
+        not {"server", "date"} <= hidden,
+        tuple((a.encode("latin-1"), b.encode("latin-1")) for a, b in redirects),
+    )
+
+
+def redirect_rules(
+    entries: Sequence[str | tuple[str, str]], target: str, uri: str | None, prefix: str
+) -> list[tuple[str, str]]:
+    """proxy_redirect's lines as (redirect, replacement) pairs; ``default`` (also when
+    there is no line) is the proxy_pass URL (``target`` and ``uri``) and the location's
+    ``prefix``, or, without a URI part, the URL's root and "/" (nginx's rule)."""
+    rules: list[tuple[str, str]] = []
+    for entry in entries or ("default",):
+        if entry == "off":
+            return []
+        if entry == "default":
+            if uri is not None:
+                rules.append((f"http://{target}{uri}", prefix))
+            else:
+                rules.append((f"http://{target}/", "/"))
+        elif isinstance(entry, tuple):
+            rules.append(entry)
+    return rules

@@ -1363,3 +1363,32 @@ def test_header_names_with_underscores_reach_the_backend_only_if_allowed(portico
         names = [name for name, _ in backend.stats.requests_seen[-1]["headers"]]
         seen.append([name for name in names if name.lower().startswith("x")])
     assert seen == [["X-User"], ["X_User", "X-User"]]
+
+
+def test_redirects_to_the_upstream_are_rewritten_as_nginx_does(portico, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = backends("a")
+    up = f"http://{backend.address}"
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port};\n"
+        "location /api/ {{ proxy_pass http://{a}/v2/; }}\n"
+        "location /raw/ {{ proxy_pass http://{a}/v2/; proxy_redirect off; }}\n"
+        "location /own/ {{ proxy_pass http://{a}; proxy_redirect {up}/ /mine/; }}\n"
+        "location / {{ proxy_pass http://{a}; }} }} }}",
+        a=backend.address,
+        up=up,
+    )
+
+    def moved(path: str, to: str) -> tuple[str | None, str | None]:
+        response = request(server.port, f"{path}?to={to}")
+        assert response.status == 302
+        return response.header("Location"), response.header("Refresh")
+
+    # proxy_redirect default: the proxy_pass URL becomes the location
+    assert moved("/api/redirect", f"{up}/v2/login") == ("/api/login", "0; url=/api/login")
+    assert moved("/redirect", f"{up}/x") == ("/x", "0; url=/x")
+    assert moved("/api/redirect", "http://elsewhere/v2/") == (
+        "http://elsewhere/v2/",
+        "0; url=http://elsewhere/v2/",
+    )
+    assert moved("/raw/redirect", f"{up}/v2/login")[0] == f"{up}/v2/login"
+    assert moved("/own/redirect", f"{up}/y")[0] == "/mine/y"

@@ -18,6 +18,7 @@ from portico.proxy.headers import (
     compile_request,
     compile_response,
     connection_tokens,
+    redirect_rules,
 )
 from portico.variables import compile_template
 
@@ -432,3 +433,43 @@ def test_a_name_dropped_for_one_request_by_its_connection_header_goes_on_for_the
 )
 def test_proxy_host_is_the_target_without_the_default_port(target: str, proxy_host: str) -> None:
     assert ProxyPass(target, None).host_header == proxy_host
+
+
+def redirected(rules: list[tuple[str, str]], *lines: bytes) -> list[bytes]:
+    block = b"\n" + b"".join(line + b"\r\n" for line in lines)
+    encoded, _ = compile_response([], [], rules).headers(block)
+    return encoded.split(b"\r\n")[:-1]
+
+
+@pytest.mark.parametrize(
+    ("entries", "uri", "prefix", "rules"),
+    [
+        ((), "/two/", "/one/", [("http://app:8000/two/", "/one/")]),  # default: nginx's
+        (("default",), None, "/", [("http://app:8000/", "/")]),  # no URI part
+        (("off",), "/two/", "/one/", []),
+        (
+            (("http://a/", "/b/"), "default"),
+            None,
+            "/",
+            [("http://a/", "/b/"), ("http://app:8000/", "/")],
+        ),
+    ],
+)
+def test_proxy_redirect_lines_become_rules(entries, uri, prefix, rules) -> None:  # type: ignore[no-untyped-def]
+    assert redirect_rules(entries, "app:8000", uri, prefix) == rules
+
+
+def test_location_and_refresh_are_rewritten_by_the_first_matching_rule() -> None:
+    rules = [("http://app:8000/two/", "/one/"), ("http://app:8000/", "/")]
+    assert redirected(
+        rules,
+        b"Location: http://app:8000/two/login?next=1",
+        b"Refresh: 0; URL=http://app:8000/x",
+        b"X-Other: http://app:8000/two/",
+    ) == [b"Location: /one/login?next=1", b"Refresh: 0; URL=/x", b"X-Other: http://app:8000/two/"]
+    # another host, a relative Location, a Refresh without a URL: as they are
+    assert redirected(rules, b"location: http://elsewhere/two/", b"Refresh: 5") == [
+        b"location: http://elsewhere/two/",
+        b"Refresh: 5",
+    ]
+    assert redirected([], b"Location: http://app:8000/two/") == [b"Location: http://app:8000/two/"]
