@@ -220,11 +220,13 @@ class ErrorLog:
             self.fd = -1
 
 
-def context(request: Any) -> str:
-    """nginx's suffix of an error line about a request."""
+def context(request: Any, upstream: str | None = None) -> str:
+    """nginx's suffix of an error line about a request, in nginx's order (the URL of
+    the ``upstream`` it was sent to, if any, between the request and the host)."""
     server = request.server_name if request.server is not None else ""
     return (
         f", client: {request.conn.remote_addr}, server: {server}, request: "
         f'"{request.method} {request.target_str} HTTP/{request.version}"'
+        + (f', upstream: "{upstream}"' if upstream is not None else "")
         + (f', host: "{request.headers["host"]}"' if "host" in request.headers else "")
     )

@@ -587,9 +587,12 @@ class Site:
         for log in logs:
             log.write(request)
 
-    def error(self, request: Request, message: str, level: str = "error") -> None:
+    def error(
+        self, request: Request, message: str, level: str = "error", upstream: str | None = None
+    ) -> None:
         if self.error_log.enabled(level):
-            self.error_log.log(level, message + context(request), request.conn.number)
+            line = message + context(request, upstream)
+            self.error_log.log(level, line, request.conn.number)
 
     def log_timeout(self, request: Request, message: str) -> None:
         self.error(request, message, level="info")

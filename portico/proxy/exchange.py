@@ -132,8 +132,8 @@ class ProxyExchange:
             if not self.tried:
                 self.conn.worker.site.error(
                     self.request,
-                    f"no live upstreams while connecting to upstream, upstream: "
-                    f'"{self.group.name}"',
+                    "no live upstreams while connecting to upstream",
+                    upstream=self._peer_url(),
                 )
                 self.addrs.append(self.group.name)
                 self.statuses.append(502)
@@ -382,9 +382,7 @@ class ProxyExchange:
         upstream = self.upstream
         if self.response_started:
             # part of the answer is out: all we can do is cut the client off
-            self.conn.worker.site.error(
-                self.request, f'{message} while sending to client, upstream: "{self._peer_url()}"'
-            )
+            self.conn.worker.site.error(self.request, message, upstream=self._peer_url())
             self.finished = True
             if upstream is not None:
                 upstream.close()
@@ -424,7 +422,7 @@ class ProxyExchange:
             self.statuses.append(self.last_status)  # an http_* answer has its own
         self._end_attempt(failed)
         self.conn.worker.site.error(
-            self.request, f'{message}, upstream: "{self._peer_url()}"', level=log_level
+            self.request, message, level=log_level, upstream=self._peer_url()
         )
         if self.can_retry(kind):
             self.try_peer()
