@@ -173,6 +173,7 @@ class Binding:
         "header_limits",
         "header_timeout",
         "listen",
+        "merge_slashes",
         "selector",
         "server_header",
         "server_tokens",
@@ -193,6 +194,9 @@ class Binding:
         # (and whether header names may hold "_"): a pool of request parsers each
         self.header_limits = (size, count, values["underscores_in_headers"])
         self.header_timeout: float = values["client_header_timeout"]
+        # as nginx, the URI is read with the default server's setting (before the Host
+        # chooses a server)
+        self.merge_slashes: bool = values["merge_slashes"]
         self.server_tokens: bool = values["server_tokens"]
         self.server_header = self.default.implicit.server_header
 

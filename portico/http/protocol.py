@@ -317,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = BUSY
         self.deadline = None
         try:
-            request = Request(self, head, time.time())
+            request = Request(self, head, time.time(), self.binding.merge_slashes)
         except RemoteProtocolError as e:
             self.reject(e)
             return

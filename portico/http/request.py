@@ -149,7 +149,9 @@ class Request:
         "version",
     )
 
-    def __init__(self, conn: HttpConnection, head: RequestHead, now: float) -> None:
+    def __init__(
+        self, conn: HttpConnection, head: RequestHead, now: float, merge_slashes: bool = True
+    ) -> None:
         self.conn = conn
         self.head = head
         self.method = head.method
@@ -159,7 +161,7 @@ class Request:
         self.keep_alive = head.keep_alive
         self.content_length = head.content_length
         self.start = now  # wall clock (time.time()): $request_time and $time_local
-        self.path, self.query, authority = parse_target(head.target)
+        self.path, self.query, authority = parse_target(head.target, merge_slashes)
         # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
         host = (
             authority.decode("latin-1") if authority is not None else head.headers.get("host", "")

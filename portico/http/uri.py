@@ -122,28 +122,30 @@ def _split_absolute_form(target: bytes) -> tuple[bytes, bytes]:
 # Targets seen lately → (path, query, authority): clients ask for the same few URIs
 # again and again (a bounded table, emptied when full; invalid targets are not kept,
 # nor long ones, so that it stays small: at most 4096 of 512 bytes).
-_TARGETS: dict[bytes, tuple[str, str, bytes | None]] = {}
+# One table per merge_slashes setting.
+_TARGETS: dict[bool, dict[bytes, tuple[str, str, bytes | None]]] = {True: {}, False: {}}
 _TARGETS_MAX = 4096
 MEMO_KEY_MAX = 512
 
 
-def parse_target(target: bytes) -> tuple[str, str, bytes | None]:
+def parse_target(target: bytes, merge_slashes: bool = True) -> tuple[str, str, bytes | None]:
     """A request-target's normalized path, its raw query as a str (latin-1), and the
     authority of an absolute-form target (``None`` for origin-form).
 
     Raises as :func:`split_target` and :func:`normalize_path` do."""
-    parts = _TARGETS.get(target)
+    table = _TARGETS[merge_slashes]
+    parts = table.get(target)
     if parts is None:
         raw_path, raw_query = split_target(target)
         parts = (
-            normalize_path(raw_path),
+            normalize_path(raw_path, merge_slashes),
             raw_query.decode("latin-1"),
             target_authority(target),
         )
         if len(target) <= MEMO_KEY_MAX:
-            if len(_TARGETS) >= _TARGETS_MAX:
-                _TARGETS.clear()
-            _TARGETS[target] = parts
+            if len(table) >= _TARGETS_MAX:
+                table.clear()
+            table[target] = parts
     return parts
 
 

@@ -102,7 +102,10 @@ class RequestTemplate:
         """The request-target to send."""
         if self.uri is None:
             target: bytes = request.target
-            if request.redirects and request.path != parse_target(target)[0]:
+            if (
+                request.redirects
+                and request.path != parse_target(target, request.conn.binding.merge_slashes)[0]
+            ):
                 # after an internal redirect to another URI (not to a named location,
                 # which keeps it) the original target no longer applies
                 path = escape_uri(request.path)

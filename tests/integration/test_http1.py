@@ -656,3 +656,22 @@ def test_static_answers_in_nginx_order_and_head_takes_ranges(portico, tmp_path: 
     # server_name (nginx's server_name_in_redirect off)
     redirect = ask(b"GET /dir HTTP/1.0\r\n\r\n")
     assert f"Location: http://127.0.0.1:{server.port}/dir/\r\n".encode() in redirect
+
+
+def test_merge_slashes_off_keeps_the_slashes_of_the_uri(portico) -> None:  # type: ignore[no-untyped-def]
+    server = portico(
+        "events {{}} http {{\n"
+        "server {{ listen 127.0.0.1:{port}; location / {{ return 200 'uri=$uri'; }}\n"
+        "          location /sub/ {{ return 200 'sub=$uri'; }} }}\n"
+        "server {{ listen 127.0.0.1:{port2}; merge_slashes off;\n"
+        "          location / {{ return 200 'uri=$uri'; }}\n"
+        "          location /sub/ {{ return 200 'sub=$uri'; }} }} }}",
+        ports=2,
+    )
+    answers = []
+    for port in (server.port, server.ports["port2"]):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "//sub//x")
+        answers.append(conn.getresponse().read())
+        conn.close()
+    assert answers == [b"sub=/sub/x", b"uri=//sub//x"]

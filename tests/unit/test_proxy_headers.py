@@ -23,9 +23,14 @@ from portico.proxy.headers import (
 from portico.variables import compile_template
 
 
+class FakeBinding:
+    merge_slashes = True
+
+
 class FakeConn:
     remote_addr = "127.0.0.9"
     remote_port = 40000
+    binding = FakeBinding()
 
 
 class FakeHead:
