@@ -432,7 +432,10 @@ class Site:
         else:
             request.conn.close()
 
-    def internal_redirect(self, request: Request, uri: str) -> None:
+    def internal_redirect(self, request: Request, uri: str, keep_args: bool = False) -> None:
+        """Serve ``uri`` instead. Its own arguments replace the request's, none included
+        (nginx's error_page and try_files: write ``/x?$args`` to keep them), unless
+        ``keep_args`` (an index file)."""
         request.redirects += 1
         if request.redirects > MAX_REDIRECTS:
             self.error(
@@ -447,7 +450,7 @@ class Site:
         except ProtocolError:
             self.send_plain_error(request, 500)
             return
-        if query:
+        if query or not keep_args:
             request.query = query
         self.route(request)
 

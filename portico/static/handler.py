@@ -323,14 +323,14 @@ class StaticHandler:
         site = request.conn.worker.site
         for i, name in enumerate(self.index):
             if name.startswith("/") and i == len(self.index) - 1:
-                site.internal_redirect(request, name)
+                site.internal_redirect(request, name, keep_args=True)
                 return
             try:
                 st = os.stat(directory + name)
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                site.internal_redirect(request, uri + name)
+                site.internal_redirect(request, uri + name, keep_args=True)
                 return
         try:
             st = os.stat(directory)

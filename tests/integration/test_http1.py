@@ -675,3 +675,22 @@ def test_merge_slashes_off_keeps_the_slashes_of_the_uri(portico) -> None:  # typ
         answers.append(conn.getresponse().read())
         conn.close()
     assert answers == [b"sub=/sub/x", b"uri=//sub//x"]
+
+
+def test_error_page_and_try_files_redirects_take_their_own_arguments(portico) -> None:  # type: ignore[no-untyped-def]
+    """As nginx: the URI redirected to brings its arguments, none if it has none."""
+    server = portico(
+        "events {{}} http {{ server {{ listen 127.0.0.1:{port}; root {root};\n"
+        "error_page 404 /ep;\n"
+        "location = /ep {{ return 200 'ep args=$args'; }}\n"
+        "location = /fb {{ return 200 'fb args=$args'; }}\n"
+        "location /plain/ {{ try_files $uri /fb; }}\n"
+        "location /kept/ {{ try_files $uri /fb?$args; }} }} }}"
+    )
+    answers = []
+    for path in ("/missing?a=1", "/plain/x?a=1", "/kept/x?a=1"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", path)
+        answers.append(conn.getresponse().read())
+        conn.close()
+    assert answers == [b"ep args=", b"fb args=", b"fb args=a=1"]
