@@ -95,8 +95,11 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
             text.append(escape(part(None)).replace("%", "%%"))
         else:
             text.append("%s")
-            value = EXPRESSIONS.get(part)
-            if value is None:  # a getter of more than one expression: called
+            expression = EXPRESSIONS.get(part)
+            if expression is not None:
+                value, names = expression
+                namespace.update(names)
+            else:  # a getter of more than one expression: called
                 name = f"get{len(values)}"
                 namespace[name] = part
                 value = f"{name}(r)"

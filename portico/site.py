@@ -652,7 +652,6 @@ class _Rejected:
         self.headers: dict[str, str] = {}
         self.method = ""
         self.target = b""
-        self.target_str = ""
         self.version = "1.1"
         self.query = ""
         self.path = ""

@@ -75,15 +75,16 @@ def compile_template(source: str, captures: Iterable[str] = ()) -> Template:
 # ---------------------------------------------------------------------------------
 # The variables. Each getter takes the request; ``request.conn`` is its connection.
 
-# The getters that are one Python expression of the request ``r``, and that expression:
-# code generated from a format (the access log's, see logs.py) puts the expression in
-# its own body instead of calling the getter. Written once, as the expression.
-EXPRESSIONS: dict[Getter, str] = {}
+# The getters that are one Python expression of the request ``r``, and that expression
+# with the names it uses: code generated from a format (the access log's, see logs.py)
+# puts the expression in its own body instead of calling the getter. Written once, as
+# the expression.
+EXPRESSIONS: dict[Getter, tuple[str, dict[str, Any]]] = {}
 
 
-def _expression(source: str) -> Getter:
-    getter: Getter = eval(f"lambda r: {source}", {})  # our own source, at import or load
-    EXPRESSIONS[getter] = source
+def _expression(source: str, **names: Any) -> Getter:
+    getter: Getter = eval(f"lambda r: {source}", dict(names))  # our own source
+    EXPRESSIONS[getter] = (source, names)
     return getter
 
 
@@ -252,7 +253,10 @@ VARIABLES: dict[str, Getter] = {
     "proxy_host": _expression("r.proxy_host"),
     "remote_addr": _expression("r.conn.remote_addr"),
     "remote_port": _expression("str(r.conn.remote_port)"),
-    "remote_user": _remote_user,
+    # most requests carry no credentials: no call for them
+    "remote_user": _expression(
+        "_remote_user(r) if 'authorization' in r.headers else ''", _remote_user=_remote_user
+    ),
     # a request that could not be parsed has no method, and no request line
     "request": _expression(
         "f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\" if r.method else ''"

@@ -117,7 +117,8 @@ class RequestHead:
 
 Event = RequestHead | bytes | _End
 
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+# the methods most requests use, as received → as a str
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 # ord("_"): an int is found in bytes with one memchr, b"_" through the buffer protocol
 _UNDERSCORE = 95
 # header names as received → lowercase str: clients send the same few again and again
@@ -313,7 +314,7 @@ class RequestReader:
         if version != "1.0":
             version = "1.1"  # 1.2 and later minors: as 1.1 (RFC 9112 §2.3)
         raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        method = METHODS.get(raw_method) or raw_method.decode("ascii")
         # the request line (two spaces, "HTTP/1.1", CRLF) and the empty line
         self._head_length += len(method) + 14
         if self._head_length > self._head_size:

@@ -160,7 +160,7 @@ class Request:
         self.headers = head.headers
         self.keep_alive = head.keep_alive
         self.content_length = head.content_length
-        self.start = now  # wall clock (time.time()): $request_time and $time_local
+        self.start = now  # wall clock (time.time()): $request_time
         self.path, self.query, authority = parse_target(head.target, merge_slashes)
         # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
         host = (

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from portico.http.parser import header_name
+from portico.http.parser import METHODS, header_name
 from portico.http.uri import escape_uri, parse_target, split_target
 from portico.variables import Template, compile_template
 
@@ -65,10 +65,7 @@ def connection_tokens(value: str) -> set[str]:
 
 
 _PASSING_SIZE = 1024
-_METHOD_PREFIXES = {
-    method: method.encode() + b" "
-    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
-}
+_METHOD_PREFIXES = {method: raw + b" " for raw, method in METHODS.items()}
 _PASSING_NAME_MAX = 64
 
 

@@ -193,7 +193,7 @@ class Peer:
         if max_fails and self.fails >= max_fails:
             # Only a trial can pick a taken-out peer (is_available said so).
             self.on_trial = True
-            self.available_from = math.inf
+            self._update_available_from()
 
     def _finish(self, now: float, failed: bool) -> None:
         # A done() without its pick would make active negative and skew least_conn, fair and

@@ -158,7 +158,8 @@ class UpstreamGroup:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.busy.discard(conn)
-        if self.idle.pop(conn, False) is None:
+        if conn in self.idle:
+            del self.idle[conn]
             self._idle_by_peer[conn.peer].remove(conn)
 
     def close(self) -> None:
