@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from portico.http.uri import MEMO_KEY_MAX
+from portico.memo import MEMO_KEY_MAX, remember
 
 
 class NamedServer(Protocol):
@@ -70,10 +70,7 @@ def normalize_host(host: str) -> str | None:
         raw = match.group(1)
         if raw.startswith("[") or not (raw.startswith(".") or ".." in raw):
             name = raw.rstrip(".").lower()
-    if len(_HOSTS) >= _HOSTS_MAX:
-        _HOSTS.clear()
-    _HOSTS[host] = name
-    return name
+    return remember(_HOSTS, host, name, _HOSTS_MAX)
 
 
 CHOSEN_MEMO_SIZE = 1024
@@ -126,9 +123,7 @@ class ServerSelector(Generic[S]):
         if chosen is None:
             chosen = self._choose(host)
             if len(host) <= MEMO_KEY_MAX:
-                if len(self._chosen) >= CHOSEN_MEMO_SIZE:
-                    self._chosen.clear()
-                self._chosen[host] = chosen
+                remember(self._chosen, host, chosen, CHOSEN_MEMO_SIZE)
         return chosen
 
     def _choose(self, host: str) -> tuple[S, re.Match[str] | None]:
@@ -218,9 +213,7 @@ class LocationTree(Generic[L]):
             _, location, match = self._find(self._root, uri)
             found = (location, match)
             if len(uri) <= MEMO_KEY_MAX:
-                if len(self._found) >= FOUND_MEMO_SIZE:
-                    self._found.clear()
-                self._found[uri] = found
+                remember(self._found, uri, found, FOUND_MEMO_SIZE)
         return found
 
     def _find(self, level: _Level[L], uri: str) -> tuple[bool, L | None, re.Match[str] | None]:

@@ -63,6 +63,7 @@ from collections import deque
 import httptools
 
 from portico.errors import RemoteProtocolError
+from portico.memo import remember
 
 
 class _End:
@@ -127,11 +128,7 @@ _NAMES: dict[bytes, str] = {}
 
 def header_name(name: bytes) -> str:
     """A header name as a lowercase str (remembered, in a bounded table)."""
-    key = name.decode("latin-1").lower()
-    if len(_NAMES) >= 4096:
-        _NAMES.clear()
-    _NAMES[name] = key
-    return key
+    return remember(_NAMES, name, name.decode("latin-1").lower(), 4096)
 
 
 class RequestReader:

@@ -38,6 +38,7 @@ from portico.errors import ProtocolError, RemoteProtocolError
 from portico.http.parser import END, RequestHead, RequestReader
 from portico.http.request import NO_BODY, Request
 from portico.http.response import BODILESS_STATUSES, STATUS_LINES, error_page, status_line
+from portico.memo import remember
 
 if TYPE_CHECKING:
     from portico.site import Binding
@@ -68,11 +69,7 @@ _LENGTH_LINES: dict[int, bytes] = {}
 
 
 def _length_line(length: int) -> bytes:
-    line = b"Content-Length: %d\r\n" % length
-    if len(_LENGTH_LINES) >= 4096:
-        _LENGTH_LINES.clear()
-    _LENGTH_LINES[length] = line
-    return line
+    return remember(_LENGTH_LINES, length, b"Content-Length: %d\r\n" % length, 4096)
 
 
 class HttpConnection(asyncio.Protocol):

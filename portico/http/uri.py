@@ -31,6 +31,7 @@ import re
 import urllib.parse
 
 from portico.errors import RemoteProtocolError
+from portico.memo import MEMO_KEY_MAX, remember
 
 __all__ = [
     "escape_uri",
@@ -125,7 +126,6 @@ def _split_absolute_form(target: bytes) -> tuple[bytes, bytes]:
 # One table per merge_slashes setting.
 _TARGETS: dict[bool, dict[bytes, tuple[str, str, bytes | None]]] = {True: {}, False: {}}
 _TARGETS_MAX = 4096
-MEMO_KEY_MAX = 512
 
 
 def parse_target(target: bytes, merge_slashes: bool = True) -> tuple[str, str, bytes | None]:
@@ -143,9 +143,7 @@ def parse_target(target: bytes, merge_slashes: bool = True) -> tuple[str, str, b
             target_authority(target),
         )
         if len(target) <= MEMO_KEY_MAX:
-            if len(table) >= _TARGETS_MAX:
-                table.clear()
-            table[target] = parts
+            remember(table, target, parts, _TARGETS_MAX)
     return parts
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from portico.http.parser import METHODS, header_name
 from portico.http.uri import escape_uri, parse_target, split_target
+from portico.memo import remember
 from portico.variables import Template, compile_template
 
 HOP_BY_HOP = frozenset(
@@ -151,9 +152,7 @@ class RequestTemplate:
                 if lower in _REQUEST_DROPPED or lower in overridden:
                     lower = ""
                 if len(name) <= _PASSING_NAME_MAX:
-                    if len(passing) >= _PASSING_SIZE:
-                        passing.clear()
-                    passing[name] = lower
+                    remember(passing, name, lower, _PASSING_SIZE)
             if lower and (not named or lower not in named):
                 lines += (name, b": ", value, b"\r\n")
         if upgrade is None and body_length is None and not chunked:
@@ -265,9 +264,7 @@ class ResponseFilter:
             return known
         known = self._filter(block)
         if len(block) <= _MEMO_BLOCK_MAX:  # a big head is rare, and would fill memory
-            if len(memo) >= _MEMO_SIZE:
-                memo.clear()
-            memo[block] = known
+            remember(memo, block, known, _MEMO_SIZE)
         return known
 
     def _filter(self, block: bytes) -> tuple[bytes, int]:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from portico.http.response import encode_headers
+from portico.memo import remember
 
 if TYPE_CHECKING:
     from portico.wsgi.answer import WsgiAnswer
@@ -115,9 +116,7 @@ def check_headers(status: Any, headers: Any) -> tuple[bytes, int | None]:
         if known is None:
             known = _check_header(item)
             if len(known[0]) <= _CHECKED_LINE_MAX:  # long values are rare and vary
-                if len(checked) >= _CHECKED_MAX:
-                    checked.clear()
-                checked[item] = known
+                remember(checked, item, known, _CHECKED_MAX)
         line, meaning = known
         if meaning == _LINE:
             lines.append(line)
