@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from portico.config.directives import AddHeader, ErrorPage, Listen, Return, WsgiApp
 from portico.config.model import Config, LocationConf, ServerConf
 from portico.errors import ProtocolError
+from portico.http.parser import known_heads
 from portico.http.protocol import CLOSED
 from portico.http.response import (
     SERVER_FULL,
@@ -172,6 +173,7 @@ class Binding:
         "default",
         "header_limits",
         "header_timeout",
+        "known_heads",
         "listen",
         "merge_slashes",
         "selector",
@@ -191,12 +193,19 @@ class Binding:
         self.default = selector.default
         values = self.default.conf.values
         count, size = values["large_client_header_buffers"]
-        # (and whether header names may hold "_"): a pool of request parsers each
-        self.header_limits = (size, count, values["underscores_in_headers"])
-        self.header_timeout: float = values["client_header_timeout"]
         # as nginx, the URI is read with the default server's setting (before the Host
         # chooses a server)
         self.merge_slashes: bool = values["merge_slashes"]
+        # how requests are read (and whether header names may hold "_"): a pool of
+        # request parsers and a table of the whole requests they read, each
+        self.header_limits = (
+            size,
+            count,
+            values["underscores_in_headers"],
+            self.merge_slashes,
+        )
+        self.known_heads = known_heads(self.header_limits)
+        self.header_timeout: float = values["client_header_timeout"]
         self.server_tokens: bool = values["server_tokens"]
         self.server_header = self.default.implicit.server_header
 

@@ -76,13 +76,13 @@ class WorkerContext:
             "a timeout handler failed:\n" + "".join(traceback.format_exception(error)).rstrip(),
         )
 
-    def take_reader(self, limits: tuple[int, int, bool]) -> RequestReader:
+    def take_reader(self, limits: tuple[int, int, bool, bool]) -> RequestReader:
         pool = self._readers.get(limits)
         if pool:
             return pool.pop()
         return RequestReader(*limits)
 
-    def give_reader(self, limits: tuple[int, int, bool], reader: RequestReader) -> None:
+    def give_reader(self, limits: tuple[int, int, bool, bool], reader: RequestReader) -> None:
         """A reader between two requests of a keep-alive connection is clean: reuse it."""
         pool = self._readers.setdefault(limits, [])
         if len(pool) < READER_POOL:

@@ -34,6 +34,19 @@ and dropped. A header whose name holds an underscore is dropped too, as nginx ig
 it, unless ``underscores_in_headers`` allows it. httptools' callbacks only record;
 every decision is made here.
 
+The target and the Host are read here too: a head carries its normalized path, its raw
+query and its host name (``Example.COM:80`` → ``example.com``; an absolute-form
+target's authority replaces Host), and a target or Host that cannot be one is a 400
+like any other malformed head.
+
+Whole requests are remembered. A read that holds exactly one complete request without
+a body, fed to a reader with nothing pending, is parsed the same way every time: its
+head is kept under those bytes (``known_heads``, one bounded table per reader setting),
+and a connection with nothing pending that receives the same bytes again takes the
+head from there instead of feeding them (protocol.py). Clients send the same request
+heads again and again on a connection (the same headers, often the same target); the
+head is immutable once made, so requests share it.
+
 The events must not depend on how the bytes were split into reads (framing bugs hide
 at buffer boundaries; tests/unit/test_parser.py feeds its corpus whole, by lines, by
 bytes and in random splits). Hence:
@@ -63,7 +76,9 @@ from collections import deque
 import httptools
 
 from portico.errors import RemoteProtocolError
+from portico.http.uri import parse_target
 from portico.memo import remember
+from portico.routing import normalize_host
 
 
 class _End:
@@ -77,14 +92,19 @@ END = _End()
 
 
 class RequestHead:
-    """A request line and its headers, as received (the event)."""
+    """A request line and its headers, as received (the event), and what the target and
+    Host say. Shared by every request made from the same bytes (see ``known_heads``):
+    nothing may change it once made."""
 
     __slots__ = (
         "chunked",
         "content_length",
         "headers",
+        "host",
         "keep_alive",
         "method",
+        "path",
+        "query",
         "raw_headers",
         "target",
         "upgrade",
@@ -102,10 +122,18 @@ class RequestHead:
         content_length: int | None,
         chunked: bool,
         upgrade: bool,
+        path: str = "/",
+        query: str = "",
+        host: str = "",
     ) -> None:
         self.method = method
         self.target = target
         self.version = version
+        # the target's normalized path and raw query, and the host name (from an
+        # absolute-form target's authority, else from Host; "" without either)
+        self.path = path
+        self.query = query
+        self.host = host
         # as received, for forwarding; and lowercase name → value (repeated headers
         # joined with ", ", cookies with "; ") for lookups
         self.raw_headers = raw_headers
@@ -131,6 +159,24 @@ def header_name(name: bytes) -> str:
     return remember(_NAMES, name, name.decode("latin-1").lower(), 4096)
 
 
+# Whole requests parsed before, per reader setting (line size, header count,
+# underscores, merge_slashes): the exact bytes of a read → the head they make.
+HeadTable = dict[bytes, RequestHead]
+_KNOWN_HEADS: dict[tuple[int, int, bool, bool], HeadTable] = {}
+# a table this full is emptied; a read longer than this is not kept (request heads of
+# browsers are under 2 KB; a longer one is rare and would make the table large)
+KNOWN_HEADS_MAX = 256
+KNOWN_HEAD_SIZE_MAX = 2048
+
+
+def known_heads(limits: tuple[int, int, bool, bool]) -> HeadTable:
+    """The table of whole requests read with these settings (one per process)."""
+    table = _KNOWN_HEADS.get(limits)
+    if table is None:
+        table = _KNOWN_HEADS[limits] = {}
+    return table
+
+
 class RequestReader:
     """Parses a stream of pipelined requests on one connection."""
 
@@ -140,7 +186,9 @@ class RequestReader:
         "_head_size",
         "_headers",
         "_in_trailers",
+        "_known",
         "_line_size",
+        "_merge_slashes",
         "_parser",
         "_raw_headers",
         "_transfer_encoding",
@@ -153,7 +201,11 @@ class RequestReader:
     )
 
     def __init__(
-        self, line_size: int = 8192, header_count: int = 4, underscores: bool = False
+        self,
+        line_size: int = 8192,
+        header_count: int = 4,
+        underscores: bool = False,
+        merge_slashes: bool = True,
     ) -> None:
         self._parser = httptools.HttpRequestParser(self)
         # any "HTTP/d.d" passes httptools, so that on_headers_complete can tell 2.0+
@@ -163,6 +215,8 @@ class RequestReader:
         # underscores_in_headers: else a header whose name has one is dropped, as nginx
         # ignores it (a WSGI environ or CGI would read X_User as X-User)
         self._underscores = underscores
+        self._merge_slashes = merge_slashes  # nginx's merge_slashes, for the path
+        self._known = known_heads((line_size, header_count, underscores, merge_slashes))
         self._head_size = line_size * header_count + line_size
         self.events: deque[Event] = deque()
         self._url = b""
@@ -193,6 +247,8 @@ class RequestReader:
         if self.paused:
             self.held += data  # a bytearray: appending does not copy what is held
             return
+        events = self.events
+        fresh = not self.in_head and not events  # nothing of another request pending
         if self.in_head:
             # httptools buffers an unfinished header line itself, out of our sight: count
             # what a head in progress receives, so a head that never ends cannot grow
@@ -216,8 +272,22 @@ class RequestReader:
             raise self._drop_unfinished(self._error(e)) from None
         # a head's size is checked exactly by the callbacks; this bound (one unfinished
         # line more than a head may hold) only caps what httptools buffers out of sight
-        if self.in_head and self._head_bytes > self._head_size + self._line_size:
-            raise self._drop_unfinished(RemoteProtocolError("request header too large", 431))
+        if self.in_head:
+            if self._head_bytes > self._head_size + self._line_size:
+                raise self._drop_unfinished(RemoteProtocolError("request header too large", 431))
+        elif fresh and len(events) == 2 and len(data) <= KNOWN_HEAD_SIZE_MAX:
+            # exactly one whole request, begun in this read: these bytes always make
+            # this head. Not kept: a head with a body or an Upgrade (what follows its
+            # head is not the same each time), the end of a body read before.
+            head = events[0]
+            if (
+                head.__class__ is RequestHead
+                and events[1] is END
+                and not head.content_length  # type: ignore[union-attr]
+                and not head.chunked  # type: ignore[union-attr]
+                and not head.upgrade  # type: ignore[union-attr]
+            ):
+                remember(self._known, data, head, KNOWN_HEADS_MAX)  # type: ignore[arg-type]
 
     def _drop_unfinished(self, error: RemoteProtocolError) -> RemoteProtocolError:
         """Nothing of the request in error may be acted on: httptools reports a head
@@ -332,6 +402,14 @@ class RequestReader:
         if length_text is not None:
             # httptools has checked the digits and rejected duplicates
             content_length = int(length_text)
+        path, query, authority = parse_target(self._url, self._merge_slashes)
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
+        host = authority.decode("latin-1") if authority is not None else headers.get("host", "")
+        if host:
+            name = normalize_host(host)
+            if name is None:
+                raise RemoteProtocolError(f"invalid host in request: {host!r}")
+            host = name
         self.in_head = False
         self._in_trailers = True
         self.events.append(
@@ -345,6 +423,9 @@ class RequestReader:
                 content_length,
                 chunked,
                 parser.should_upgrade(),
+                path,
+                query,
+                host,
             )
         )
 

@@ -141,7 +141,16 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state >= LINGER:
+        if state == IDLE:
+            # nothing is pending (IDLE: no head begun, no event queued): a read the
+            # binding's readers have parsed before is that request again (parser.py)
+            head = self.binding.known_heads.get(data)
+            if head is not None:
+                if self.reader is None:  # a connection in a request has its reader
+                    self.reader = self.worker.take_reader(self.binding.header_limits)
+                self._start(head)
+                return
+        elif state >= LINGER:
             if state == TUNNEL:
                 self.tunnel.to_upstream(data)
             return
@@ -313,11 +322,7 @@ class HttpConnection(asyncio.Protocol):
         self.requests += 1
         self.state = BUSY
         self.deadline = None
-        try:
-            request = Request(self, head, time.time(), self.binding.merge_slashes)
-        except RemoteProtocolError as e:
-            self.reject(e)
-            return
+        request = Request(self, head, time.time())
         self.current = request
         self.reading = request if request.body is not NO_BODY else None
         self.worker.site.dispatch(request)

@@ -13,10 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from portico.errors import RemoteProtocolError
 from portico.http.parser import RequestHead
-from portico.http.uri import parse_target
-from portico.routing import normalize_host
 
 if TYPE_CHECKING:
     from portico.http.protocol import HttpConnection
@@ -149,9 +146,7 @@ class Request:
         "version",
     )
 
-    def __init__(
-        self, conn: HttpConnection, head: RequestHead, now: float, merge_slashes: bool = True
-    ) -> None:
+    def __init__(self, conn: HttpConnection, head: RequestHead, now: float) -> None:
         self.conn = conn
         self.head = head
         self.method = head.method
@@ -161,18 +156,10 @@ class Request:
         self.keep_alive = head.keep_alive
         self.content_length = head.content_length
         self.start = now  # wall clock (time.time()): $request_time
-        self.path, self.query, authority = parse_target(head.target, merge_slashes)
-        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
-        host = (
-            authority.decode("latin-1") if authority is not None else head.headers.get("host", "")
-        )
-        if host:
-            name = normalize_host(host)
-            if name is None:
-                raise RemoteProtocolError(f"invalid host in request: {host!r}")
-            self.host = name
-        else:
-            self.host = ""
+        # an internal redirect changes path and query (the head keeps what was sent)
+        self.path = head.path
+        self.query = head.query
+        self.host = head.host
         self.server: Any = None
         self.location: Any = None
         # the last regex match (location or server_name): $1..$9 and named groups

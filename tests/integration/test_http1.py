@@ -322,6 +322,21 @@ def test_keep_alive_reuses_the_connection(server: Server) -> None:
             assert response.headers["connection"] == "keep-alive"
 
 
+def test_a_request_seen_before_that_ends_an_unfinished_head_is_read_as_its_end(
+    server: Server,
+) -> None:
+    # a whole request in one read is remembered (parser.py), and a connection with
+    # nothing pending takes it from there; these bytes come to one with a head begun
+    with Client(server.port) as client:
+        client.send(GET_OK)
+        assert client.response().body == b"ok"
+        client.send(b"GET /hello.txt HTTP/1.1\r\nX-Pad: ")
+        time.sleep(0.2)  # read apart
+        client.send(GET_OK)  # the X-Pad value, a Host line, the end of the head
+        response = client.response()
+    assert (response.status, response.body) == (200, HELLO)
+
+
 def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     with Client(server.port) as client:
         client.send(

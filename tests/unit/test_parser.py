@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from portico.errors import RemoteProtocolError
-from portico.http.parser import END, RequestHead, RequestReader
+from portico.http.parser import END, KNOWN_HEAD_SIZE_MAX, RequestHead, RequestReader, known_heads
 
 h11 = pytest.importorskip("h11")
 
@@ -93,6 +93,15 @@ H11_ACCEPTS = {
     "long-uri": "414 at large_client_header_buffers; h11's only limit is 16 KiB per head",
     "long-header-line": "431 at large_client_header_buffers; as long-uri",
     "many-headers": "431 at large_client_header_buffers; as long-uri",
+    # the target and the Host are read where the head is (a request whose path or host
+    # cannot be resolved is refused before anything acts on it); h11 only frames
+    "options-asterisk": "server-wide OPTIONS names no resource: nginx answers 400, so do "
+    "we; the framing is fine for h11",
+    "host-slash": "nginx's Host rule (ngx_http_validate_host): no '/' in a host, since "
+    "$host may end up in a file path; h11 does not read Host values",
+    "host-empty-label": "as host-slash: no empty label ('..')",
+    "target-above-root": "a '..' that climbs above '/' is a 400 (nginx); h11 does not read paths",
+    "target-bad-escape": "'%zz' is not a percent-encoding (nginx 400); as target-above-root",
 }
 
 # Refused by both, with a different status.
@@ -327,6 +336,81 @@ def test_upgrade_pauses_and_holds_what_follows() -> None:
     reader.resume()
     assert not reader.paused
     assert [type(e).__name__ for e in reader.events] == ["RequestHead", "_End"] * 2
+
+
+# -- whole requests remembered ------------------------------------------------------------
+
+GET = b"GET /a//b?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nAccept: */*\r\n\r\n"
+
+
+def fresh_table(merge_slashes: bool = True) -> dict[bytes, RequestHead]:
+    table = known_heads((LINE_SIZE, HEADER_COUNT, False, merge_slashes))
+    table.clear()
+    return table
+
+
+def test_a_whole_request_read_at_once_is_remembered_with_its_meaning() -> None:
+    table = fresh_table()
+    reader = RequestReader(LINE_SIZE, HEADER_COUNT)
+    reader.feed(GET)
+    head = reader.events[0]
+    assert table == {GET: head}
+    assert isinstance(head, RequestHead)
+    assert (head.path, head.query, head.host) == ("/a/b", "x=1", "example.com")
+    # another reader with the same settings shares the table; other settings do not
+    assert RequestReader(LINE_SIZE, HEADER_COUNT)._known is table
+    kept = fresh_table(merge_slashes=False)
+    RequestReader(LINE_SIZE, HEADER_COUNT, merge_slashes=False).feed(GET)
+    assert kept[GET].path == "/a//b"
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        # a body follows the head: the next read of these bytes is not the same request
+        [b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"],
+        [b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+        # what follows an Upgrade head is not HTTP
+        [b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n"],
+        # two requests, or one and the start of the next
+        [GET + GET],
+        [GET + b"GET / HT"],
+        # the end of a head begun in an earlier read
+        [GET[:20], GET[20:]],
+        # the end of a body, then a whole request
+        [b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\na", b"b" + GET],
+        # too long to keep
+        [GET[:-2] + b"X-Pad: %b\r\n" % (b"p" * 900) * (KNOWN_HEAD_SIZE_MAX // 900 + 1) + b"\r\n"],
+    ],
+    ids=["body", "chunked", "upgrade", "two", "one-and-a-start", "split", "body-end", "long"],
+)
+def test_only_a_read_of_exactly_one_bodiless_request_is_remembered(reads: list[bytes]) -> None:
+    table = fresh_table()
+    reader = RequestReader(LINE_SIZE, HEADER_COUNT)
+    for data in reads:
+        reader.feed(data)
+    assert reader.events[0].__class__ is RequestHead
+    assert table == {}
+
+
+def test_the_rest_of_a_body_is_not_taken_for_a_request() -> None:
+    table = fresh_table()
+    reader = RequestReader(LINE_SIZE, HEADER_COUNT)
+    reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+    reader.events.clear()  # the connection took the head
+    reader.feed(b"hello world")
+    assert list(reader.events) == [b"hello world", END]
+    assert table == {}
+
+
+def test_a_read_behind_a_pending_request_is_not_remembered() -> None:
+    table = fresh_table()
+    reader = RequestReader(LINE_SIZE, HEADER_COUNT)
+    reader.feed(GET)
+    table.clear()
+    reader.feed(GET)  # the first request's events were not taken yet
+    assert table == {}
+    assert len(reader.events) == 4
 
 
 # -- the reference: h11 ------------------------------------------------------------------
