@@ -25,6 +25,13 @@ saves a Python call per header on every proxied response.
 Bytes that arrive after a response is complete, before another request was sent
 (``start``), are not a response to anything: the reader stops, ``idle`` stays false,
 and the connection must not be reused.
+
+Whole responses are recognised by their head. A backend answers with the same head
+again and again (only Date changes, once a second), and a read that holds one whole
+response delimited by Content-Length is parsed the same way whenever its head is the
+same: ``take_known`` finds the head of such a read in a table of heads parsed before
+(``_KNOWN``, filled by ``feed`` when a read from the start of a response held exactly
+a head and its body) and hands back the head and the body without httptools.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import httptools
 
 from portico.errors import UpstreamInvalidResponse
 from portico.http.parser import END, _End
+from portico.memo import remember
 
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d+)", re.I)
 _TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:([^\r]*)", re.I)
@@ -73,6 +81,13 @@ class ResponseHead:
     def chunked(self) -> bool:
         codings = _TRANSFER_ENCODING.findall(self.block)
         return bool(codings) and codings[-1].strip().lower().endswith(b"chunked")
+
+
+# Heads of whole responses parsed before: their bytes (up to the empty line) → the
+# head and its Content-Length. Bounded as the request heads are (parser.py).
+_KNOWN: dict[bytes, tuple[ResponseHead, int]] = {}
+KNOWN_RESPONSES_MAX = 256
+KNOWN_HEAD_SIZE_MAX = 2048
 
 
 class _Stop(Exception):
@@ -121,9 +136,34 @@ class ResponseReader:
         self._head_start = 0
         self._last_head = None
 
+    def take_known(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
+        """The head and the body of ``data`` if it is one whole response with a head
+        parsed before, read from the start of the answer to a request; the reader is
+        then as if it had been fed ``data``. None otherwise (feed it)."""
+        if (
+            self._buffer
+            or not self._in_head
+            or not self._expecting
+            or self.expect_no_body
+            or self._stopped
+        ):
+            return None
+        end = data.find(b"\r\n\r\n") + 4
+        known = _KNOWN.get(data[:end])
+        if known is None or len(data) - end != known[1]:
+            return None
+        head = known[0]
+        # as feed leaves it after such a response (see the callbacks)
+        self._last_head = head
+        self._in_head = False
+        self._expecting = False
+        self.idle = True
+        return head, data[end:]
+
     def feed(self, data: bytes) -> None:
         if self._stopped:
             return
+        fresh = self._in_head and not self._buffer and self._expecting
         in_head = self._in_head
         if in_head:
             self._buffer = self._buffer + data if self._buffer else data
@@ -149,6 +189,26 @@ class ResponseReader:
         elif in_head:
             self._buffer = b""
             self._head_start = 0
+            if fresh and self.idle and not self.expect_no_body and not self._stopped:
+                self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        """``data`` was one whole answer, from its first byte: keep its head for
+        take_known if its body was delimited by Content-Length, so that the same head
+        always means the same framing."""
+        events = self.events
+        head = events[0]
+        if head.__class__ is not ResponseHead or events[-1] is not END or len(events) > 3:
+            return
+        status = head.status  # type: ignore[union-attr]
+        if status < 200 or status == 204 or status == 304:
+            return  # an interim answer before it, or a body that its length does not give
+        length = head.content_length  # type: ignore[union-attr]
+        end = data.find(b"\r\n\r\n") + 4
+        if length is None or head.chunked or end > KNOWN_HEAD_SIZE_MAX:  # type: ignore[union-attr]
+            return
+        if len(data) - end == length:
+            remember(_KNOWN, data[:end], (head, length), KNOWN_RESPONSES_MAX)  # type: ignore[arg-type]
 
     def eof(self) -> None:
         """The peer closed the connection."""

@@ -75,8 +75,13 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             self.close()  # nothing is expected from an idle connection
             return
+        reader = self.reader
+        whole = reader.take_known(data)
+        if whole is not None:
+            exchange.whole_response(*whole)
+            return  # the answer is complete: no read timeout to renew
         try:
-            self.reader.feed(data)
+            reader.feed(data)
         except UpstreamError as e:
             exchange.upstream_failed("invalid_header", str(e))
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from portico.errors import UpstreamInvalidResponse
-from portico.http.client import ResponseHead, ResponseReader
+from portico.http.client import _KNOWN, ResponseHead, ResponseReader
 from portico.http.parser import END
 
 SIMPLE = (
@@ -65,3 +65,77 @@ def test_truncated_body_at_eof_is_an_error() -> None:
     reader.feed(SIMPLE[:-2])
     with pytest.raises(UpstreamInvalidResponse):
         reader.eof()
+
+
+# -- whole responses recognised by their head ---------------------------------------------
+
+HEAD_END = SIMPLE.index(b"hello")
+
+
+def known_table() -> dict[bytes, tuple[ResponseHead, int]]:
+    _KNOWN.clear()
+    return _KNOWN
+
+
+def reader_state(reader: ResponseReader) -> tuple[object, ...]:
+    return (reader.idle, reader._in_head, reader._expecting, reader._buffer, reader._stopped)
+
+
+def test_a_whole_response_is_known_by_its_head_with_any_body_of_its_length() -> None:
+    table = known_table()
+    fed = ResponseReader()
+    fed.feed(SIMPLE)
+    head = fed.events[0]
+    assert table == {SIMPLE[:HEAD_END]: (head, 5)}
+    reader = ResponseReader()
+    assert reader.take_known(SIMPLE[:HEAD_END] + b"HELLO") == (head, b"HELLO")
+    # the reader is where feeding would have left it, ready for the next request
+    assert reader_state(reader) == reader_state(fed)
+    assert not reader.events
+    reader.start()
+    assert reader.take_known(SIMPLE) == (head, b"hello")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        SIMPLE[:-1],  # a body cut short: more will come
+        SIMPLE + b"x",  # bytes after the answer
+        SIMPLE[:HEAD_END],  # the head alone
+    ],
+    ids=["short", "long", "head-alone"],
+)
+def test_a_read_that_is_not_exactly_the_answer_is_fed(data: bytes) -> None:
+    known_table()
+    ResponseReader().feed(SIMPLE)
+    assert ResponseReader().take_known(data) is None
+
+
+def test_only_the_start_of_an_answer_can_be_known() -> None:
+    known_table()
+    ResponseReader().feed(SIMPLE)
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 2")  # an answer has begun
+    assert reader.take_known(SIMPLE) is None
+    done = ResponseReader()
+    done.feed(SIMPLE)  # answered, and no request since
+    assert done.take_known(SIMPLE) is None
+    assert ResponseReader(expect_no_body=True).take_known(SIMPLE) is None  # to a HEAD
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n" + SIMPLE,
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+        SIMPLE[:-2],
+        SIMPLE + b"HTTP/1.1 200 OK\r\n",
+    ],
+    ids=["chunked", "after-100", "304", "close-delimited", "unfinished", "more-after"],
+)
+def test_heads_whose_framing_is_not_their_length_are_not_kept(data: bytes) -> None:
+    table = known_table()
+    ResponseReader().feed(data)
+    assert table == {}
