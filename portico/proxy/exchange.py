@@ -195,12 +195,9 @@ class ProxyExchange:
             upstream.reader = ResponseReader(expect_no_body=True)
         else:
             upstream.reader.start()
-        template = self.handler.request_template
         body = request.body
-        head = template.head(
+        head = self.handler.request_template.request_head(
             request,
-            request.method,
-            template.target(request),
             None if self.chunked_body or request.error_status else request.content_length,
             self.chunked_body,
             self.upgrade,

@@ -68,6 +68,7 @@ def connection_tokens(value: str) -> set[str]:
 _PASSING_SIZE = 1024
 _METHOD_PREFIXES = {method: raw + b" " for raw, method in METHODS.items()}
 _PASSING_NAME_MAX = 64
+_MADE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,9 @@ class RequestTemplate:
     # client header names seen before → their lowercase form if they go on, "" if
     # not (hop-by-hop, or owned by a set_header line): decided once per name
     passing: dict[bytes, str] = field(default_factory=dict, compare=False)
+    # request heads as received (parser.py shares one per repeated request) → the
+    # upstream head made of each, while no set_header value is rendered per request
+    made: dict[Any, bytes] = field(default_factory=dict, compare=False)
     # derived: " HTTP/1.1\r\n" after the target; the connection line and the empty
     # line that end a head with neither body nor upgrade
     line_end: bytes = field(init=False, compare=False)
@@ -120,6 +124,26 @@ class RequestTemplate:
         if request.query:
             target += "?" + request.query
         return target.encode("latin-1")
+
+    def request_head(
+        self, request: Any, body_length: int | None, chunked: bool, upgrade: str | None
+    ) -> bytes:
+        """The upstream head for ``request`` as it stands. A request without a body
+        that was not redirected is its head as received, so with no value rendered per
+        request the result is the same for the same head: made once per head (only
+        such heads are shared between requests, see parser.py)."""
+        if request.redirects or self.dynamic or body_length or chunked or upgrade is not None:
+            return self.head(
+                request, request.method, self.target(request), body_length, chunked, upgrade
+            )
+        received = request.head
+        made = self.made.get(received)
+        if made is None:
+            made = self.head(
+                request, request.method, self.target(request), body_length, chunked, upgrade
+            )
+            remember(self.made, received, made, _MADE_SIZE)
+        return made
 
     def head(
         self,

@@ -56,6 +56,7 @@ class FakeRequest:
         self.path = path if path is not None else raw_path.decode()
         self.query = query if query is not None else raw_query.decode()
         self.redirects = redirects
+        self.method = "GET"
         self.host = host
         self.server_name = "server.test"
         self.proxy_host = proxy_host
@@ -478,3 +479,34 @@ def test_location_and_refresh_are_rewritten_by_the_first_matching_rule() -> None
         b"Refresh: 5",
     ]
     assert redirected([], b"Location: http://app:8000/two/") == [b"Location: http://app:8000/two/"]
+
+
+# -- heads made once per head as received --------------------------------------------------
+
+
+def test_a_request_as_received_gets_the_head_made_for_its_head_before() -> None:
+    tmpl = compile_request("/v2/", "/api/", [], keepalive=False, proxy_host="app")
+    first = FakeRequest(b"/api/x?y=1", path="/api/x", query="y=1")
+    made = tmpl.request_head(first, None, False, None)
+    assert made == tmpl.head(first, "GET", tmpl.target(first), None, False, None)
+    again = FakeRequest(b"/api/other", path="/api/other")
+    again.head = first.head  # the same bytes were received (parser.py shares the head)
+    assert tmpl.request_head(again, None, False, None) is made
+    # a redirect changes the target: made again
+    again.redirects = 1
+    assert b"GET /v2/other HTTP/1.1\r\n" in tmpl.request_head(again, None, False, None)
+
+
+def test_a_head_with_a_value_per_request_is_made_each_time() -> None:
+    tmpl = template(set_headers=[("X-Real-IP", "$remote_addr")])
+    request = FakeRequest()
+    assert b"X-Real-IP: 127.0.0.9\r\n" in tmpl.request_head(request, None, False, None)
+    request.conn = FakeConn()
+    request.conn.remote_addr = "127.0.0.7"  # another client, the same head as received
+    assert b"X-Real-IP: 127.0.0.7\r\n" in tmpl.request_head(request, None, False, None)
+    assert tmpl.made == {}
+    # nor a head with a body (no two requests share it)
+    plain = compile_request(None, "/", [], keepalive=False, proxy_host="app")
+    plain.request_head(request, 5, False, None)
+    plain.request_head(request, None, True, None)
+    assert plain.made == {}
