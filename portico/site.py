@@ -13,6 +13,7 @@ through ``route`` again with the new URI, at most ``MAX_REDIRECTS`` times, as ng
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from portico.config.model import Config, LocationConf, ServerConf
 from portico.errors import ProtocolError
 from portico.http.parser import known_heads
 from portico.http.protocol import CLOSED
+from portico.http.request import NO_BODY
 from portico.http.response import (
     SERVER_FULL,
     SERVER_SHORT,
@@ -33,6 +35,7 @@ from portico.http.response import (
 from portico.http.uri import normalize_path, quote_path
 from portico.limits import ConnectionLimiter, LeakyBucket, RateLimiter, make_zones
 from portico.logs import AccessLog, ErrorLog, LogFile, compile_log_format, context
+from portico.memo import remember
 from portico.process import sockets
 from portico.process.sockets import SocketKey
 from portico.proxy.handler import ProxyHandler
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from portico.http.request import Request
 
 MAX_REDIRECTS = 10
+ROUTES_SIZE = 256
 
 # add_header applies to these unless "always" (nginx's list)
 _ADD_HEADER_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
@@ -164,6 +168,11 @@ class Server:
         )
 
 
+# where a request goes: its server, the server_name regex match, its location, the
+# location regex match
+Route = tuple[Server, "re.Match[str] | None", Location, "re.Match[str] | None"]
+
+
 class Binding:
     """One listening socket: the servers reachable through it and the connection
     settings that apply before a request says which server it wants."""
@@ -176,6 +185,7 @@ class Binding:
         "known_heads",
         "listen",
         "merge_slashes",
+        "routes",
         "selector",
         "server_header",
         "server_tokens",
@@ -208,6 +218,10 @@ class Binding:
         self.header_timeout: float = values["client_header_timeout"]
         self.server_tokens: bool = values["server_tokens"]
         self.server_header = self.default.implicit.server_header
+        # heads as received (shared by the requests made of the same bytes, see
+        # parser.py) → server, its match, location, its match: a head without a body
+        # always goes the same way through a socket whose servers Host alone chooses
+        self.routes: dict[Any, Route] = {}
 
     def local_address(self, transport: Any) -> tuple[str, str]:
         if self.listen.path is not None:
@@ -217,7 +231,17 @@ class Binding:
         sockname = transport.get_extra_info("sockname")
         return sockname[0], str(sockname[1])
 
-    def select(self, host: str, server_addr: str) -> Server:
+    def route(self, request: Request) -> Route:
+        """Where a request as received goes: its server (by Host and the address it
+        came to) and its location (by path)."""
+        server, server_match = self.select(request.host, request.conn.server_addr)
+        location, match = server.tree.find(request.path)
+        route = (server, server_match, location or server.implicit, match)
+        if not self.by_address and request.body is NO_BODY:
+            remember(self.routes, request.head, route, ROUTES_SIZE)
+        return route
+
+    def select(self, host: str, server_addr: str) -> tuple[Server, re.Match[str] | None]:
         selector = (
             self.by_address.get(server_addr, self.selector) if self.by_address else self.selector
         )
@@ -357,21 +381,28 @@ class Site:
 
     def dispatch(self, request: Request) -> None:
         try:
-            conn = request.conn
-            host = request.host
-            server, match = conn.binding.select(host, conn.server_addr)
+            binding = request.conn.binding
+            head = request.head
+            route = binding.routes.get(head)
+            if route is None:
+                route = binding.route(request)
+            server, server_match, location, match = route
             request.server = server
-            if match is not None:
-                request.captures = request.server_captures = match
+            if server_match is not None:
+                request.captures = request.server_captures = server_match
             if server.return_rule is not None:
                 request.location = server.implicit
                 self.answer_return(request, server.return_rule)
                 return
-            self.route(request)
+            request.location = location
+            if match is not None:
+                request.captures = match
+            self.run(request, location)
         except Exception:
             self.internal_error(request)
 
     def route(self, request: Request) -> None:
+        """Choose the location for the request's path (again, after a redirect)."""
         server = request.server
         location, match = server.tree.find(request.path)
         if location is None:

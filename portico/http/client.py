@@ -83,9 +83,10 @@ class ResponseHead:
         return bool(codings) and codings[-1].strip().lower().endswith(b"chunked")
 
 
-# Heads of whole responses parsed before: their bytes (up to the empty line) → the
-# head and its Content-Length. Bounded as the request heads are (parser.py).
-_KNOWN: dict[bytes, tuple[ResponseHead, int]] = {}
+# Heads of whole responses parsed before: their bytes (up to the empty line) → those
+# bytes, the head and its Content-Length. Bounded as the request heads are (parser.py).
+Known = tuple[bytes, ResponseHead, int]
+_KNOWN: dict[bytes, Known] = {}
 KNOWN_RESPONSES_MAX = 256
 KNOWN_HEAD_SIZE_MAX = 2048
 
@@ -98,10 +99,12 @@ class ResponseReader:
     __slots__ = (
         "_buffer",
         "_expecting",
+        "_fresh",
         "_head_start",
         "_in_head",
         "_last_head",
         "_parser",
+        "_recent",
         "_stopped",
         "events",
         "expect_no_body",
@@ -123,6 +126,10 @@ class ResponseReader:
         self._expecting = True  # a request went out and its final answer is not complete
         self._stopped = False
         self._last_head: ResponseHead | None = None
+        # nothing of the answer has come yet, and it may be a known one (take_known)
+        self._fresh = not expect_no_body
+        # the known answer this connection got last: most often the next one's head too
+        self._recent: Known | None = None
         self.upgrade_data = b""
         # between two responses: nothing of the next one has begun (a connection may
         # only go back to the pool then)
@@ -135,25 +142,26 @@ class ResponseReader:
         self._buffer = b""
         self._head_start = 0
         self._last_head = None
+        self._fresh = not self.expect_no_body and not self._stopped
 
     def take_known(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
         """The head and the body of ``data`` if it is one whole response with a head
         parsed before, read from the start of the answer to a request; the reader is
         then as if it had been fed ``data``. None otherwise (feed it)."""
-        if (
-            self._buffer
-            or not self._in_head
-            or not self._expecting
-            or self.expect_no_body
-            or self._stopped
-        ):
+        if not self._fresh:
             return None
-        end = data.find(b"\r\n\r\n") + 4
-        known = _KNOWN.get(data[:end])
-        if known is None or len(data) - end != known[1]:
+        known = self._recent
+        if known is None or not data.startswith(known[0]):
+            known = _KNOWN.get(data[: data.find(b"\r\n\r\n") + 4])
+            if known is None:
+                return None
+            self._recent = known
+        raw, head, length = known
+        end = len(raw)
+        if len(data) - end != length:
             return None
-        head = known[0]
         # as feed leaves it after such a response (see the callbacks)
+        self._fresh = False
         self._last_head = head
         self._in_head = False
         self._expecting = False
@@ -163,7 +171,8 @@ class ResponseReader:
     def feed(self, data: bytes) -> None:
         if self._stopped:
             return
-        fresh = self._in_head and not self._buffer and self._expecting
+        fresh = self._fresh
+        self._fresh = False
         in_head = self._in_head
         if in_head:
             self._buffer = self._buffer + data if self._buffer else data
@@ -189,7 +198,7 @@ class ResponseReader:
         elif in_head:
             self._buffer = b""
             self._head_start = 0
-            if fresh and self.idle and not self.expect_no_body and not self._stopped:
+            if fresh and self.idle and not self._stopped:
                 self._remember(data)
 
     def _remember(self, data: bytes) -> None:
@@ -208,7 +217,8 @@ class ResponseReader:
         if length is None or head.chunked or end > KNOWN_HEAD_SIZE_MAX:  # type: ignore[union-attr]
             return
         if len(data) - end == length:
-            remember(_KNOWN, data[:end], (head, length), KNOWN_RESPONSES_MAX)  # type: ignore[arg-type]
+            raw = data[:end]
+            remember(_KNOWN, raw, (raw, head, length), KNOWN_RESPONSES_MAX)  # type: ignore[arg-type]
 
     def eof(self) -> None:
         """The peer closed the connection."""

@@ -371,12 +371,14 @@ class HttpConnection(asyncio.Protocol):
         request.status = status
         request.headers_sent = True
         location = request.location
-        keep = request.keep_alive and self.state == BUSY and self.worker.accepting
+        worker = self.worker
         if location is not None:
             keep = (
-                keep
-                and location.keepalive_timeout > 0
+                request.keep_alive
+                and self.state == BUSY
                 and self.requests < location.keepalive_requests
+                and location.keepalive_timeout > 0
+                and worker.accepting
             )
             server = b"" if request.upstream_sets & 1 else location.server_header
             extra = location.extra_headers(request, status) if location.add_headers else b""
@@ -397,17 +399,17 @@ class HttpConnection(asyncio.Protocol):
         if keep and (status == 408 or status == 413) and not request.body.complete:
             keep = False  # don't wait for a body we refused
         request.keep_alive = keep
-        date = self.worker.date
-        second = int(time.time())
+        if request.upstream_sets & 2:
+            date_line = b""
+        else:
+            date = worker.date
+            now = time.time()
+            date_line = date.header if now < date.until else date.update(now)
         head = b"".join(
             (
                 STATUS_LINES.get(status) or status_line(status),
                 server,
-                b""
-                if request.upstream_sets & 2
-                else date.header
-                if date.second == second
-                else date.update(second),
+                date_line,
                 framing,
                 _KEEP_ALIVE if keep else _CLOSE,
                 headers,
@@ -425,9 +427,9 @@ class HttpConnection(asyncio.Protocol):
             return  # the connection answered this request itself (see abandon)
         head = self._head(request, status, headers, len(body))
         if request.method == "HEAD" or status in BODILESS_STATUSES:
-            self.write(head)
+            self.worker.outbox.write(self.transport, head)
         else:
-            self.write(head + body)
+            self.worker.outbox.write(self.transport, head + body)
             request.body_bytes_sent += len(body)
             request.bytes_sent += len(body)
         self.finish(request)
@@ -497,12 +499,13 @@ class HttpConnection(asyncio.Protocol):
             self._set_deadline(self.binding.header_timeout)
         else:
             self.state = IDLE
-            self._set_deadline(request.location.keepalive_timeout)
+            # (kept alive: the location has a keepalive_timeout, see _head)
+            self.worker.wheel.set_deadline(self, time.monotonic() + location.keepalive_timeout)
         if reader.events:
             self._process()
         elif self.reading_paused:
             self._flow_control()
-        elif not self._processing:
+        elif not self._processing and len(self.worker.connections) > READER_KEEP_BELOW:
             self._release_reader()
 
     def _release_reader(self) -> None:

@@ -49,16 +49,19 @@ class DateClock:
     ``time.time()``), so tests can drive it.
     """
 
-    __slots__ = ("header", "second")
+    __slots__ = ("header", "second", "until")
 
     def __init__(self) -> None:
         self.second = -1
         self.header = b""
+        # ``header`` holds while now < until (a float compare is cheaper than int(now))
+        self.until = -1.0
 
     def update(self, now: float) -> bytes:
         second = int(now)
         if second != self.second:
             self.second = second
+            self.until = second + 1.0
             self.header = b"Date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
         return self.header
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from portico.http.client import ResponseHead, ResponseReader
 from portico.http.protocol import LAST_CHUNK
+from portico.http.request import NO_BODY
 
 if TYPE_CHECKING:
     from portico.http.request import Request
@@ -41,7 +42,6 @@ NON_IDEMPOTENT = frozenset({"POST", "PATCH", "LOCK"})
 
 class ProxyExchange:
     __slots__ = (
-        "addrs",
         "attempt_started",
         "attempts",
         "body_done",
@@ -64,7 +64,6 @@ class ProxyExchange:
         "response_started",
         "retried_reuse",
         "reused",
-        "send_timeout",
         "started",
         "statuses",
         "times",
@@ -79,7 +78,6 @@ class ProxyExchange:
         self.conn = request.conn
         self.group = handler.group
         self.read_timeout = handler.read_timeout
-        self.send_timeout = handler.send_timeout
         self.peer: Peer | None = None
         self.upstream: UpstreamConnection | None = None
         # the exchange of this request before an internal redirect (error_page), if
@@ -87,8 +85,7 @@ class ProxyExchange:
         self.earlier: ProxyExchange | None = request.upstream
         self.tried: list[Peer] = []
         self.attempts = 0
-        self.started = time.monotonic()
-        self.attempt_started = self.started
+        self.started = self.attempt_started = time.monotonic()
         self.reused = False
         self.retried_reuse = False
         self.request_sent = False
@@ -97,23 +94,28 @@ class ProxyExchange:
         self.keep_alive_upstream = True
         self.connect_timer: asyncio.TimerHandle | None = None
         body = request.body
-        # after an error_page redirect the method is GET and no body goes on (nginx)
-        self.has_body = not request.error_status and (
-            request.head.chunked or bool(request.content_length)
-        )
-        self.body_done = not self.has_body or body.complete
-        self.chunked_body = self.has_body and request.head.chunked
-        # the body as sent so far, while it is small enough to send again
-        self.kept: list[bytes] | None = [] if self.has_body else None
+        if body is NO_BODY or request.error_status:
+            # (after an error_page redirect the method is GET and no body goes on: nginx)
+            self.has_body = self.chunked_body = False
+            self.body_done = True
+            self.kept: list[bytes] | None = None
+        else:
+            self.has_body = True
+            self.chunked_body = request.head.chunked
+            self.body_done = body.complete
+            self.kept = []  # the body as sent so far, while it is small enough to send again
         self.kept_size = 0
         self.last_status = 502  # what the client gets if no peer is left: 504 after a timeout
-        # per attempt, for $upstream_addr, $upstream_status, $upstream_response_time
-        # (formatted only if a log asks: see variables.py)
-        self.addrs: list[str] = []
+        # per attempt, for $upstream_status and $upstream_response_time (formatted only
+        # if a log asks: see variables.py); $upstream_addr is the tried peers'
         self.statuses: list[int] = []
         self.times: list[float] = []
-        upgrade = request.headers.get("upgrade") if request.head.upgrade else None
-        self.upgrade: str | None = upgrade
+        self.upgrade: str | None = request.headers.get("upgrade") if request.head.upgrade else None
+
+    @property
+    def addrs(self) -> list[str]:
+        """The address of each peer tried, or the group's name when none could be."""
+        return [peer.address for peer in self.tried] if self.tried else [self.group.name]
 
     # -- attempts ----------------------------------------------------------------------
 
@@ -135,7 +137,6 @@ class ProxyExchange:
                     "no live upstreams while connecting to upstream",
                     upstream=self._peer_url(),
                 )
-                self.addrs.append(self.group.name)
                 self.statuses.append(502)
                 self.times.append(0.0)
             self.fail(self.last_status)
@@ -145,7 +146,6 @@ class ProxyExchange:
         if self.attempts:
             self.attempt_started = time.monotonic()  # the first starts with the exchange
         self.attempts += 1
-        self.addrs.append(peer.address)
         upstream = self.group.idle_connection(peer)
         if upstream is not None:
             self.reused = True

@@ -196,12 +196,8 @@ class Peer:
             self._update_available_from()
 
     def _finish(self, now: float, failed: bool) -> None:
-        # A done() without its pick would make active negative and skew least_conn, fair and
-        # random_two forever; clamp rather than let one caller bug poison the group.
-        if self.active > 0:
-            self.active -= 1
-        if not failed and not self.fails and not self.on_trial:
-            return  # a success of a peer in good standing changes nothing below
+        """The failure rules, after a failure or any outcome while failures count (a
+        success of a peer in good standing changes nothing here: done() skips it)."""
         spec = self.spec
         max_fails = spec.max_fails
         if max_fails == 0:
@@ -349,8 +345,16 @@ class Balancer:
         What counts as a failure is the caller's rule (``proxy_next_upstream``); failures
         feed ``max_fails`` (see :class:`Peer`).
         """
+        # A done() without its pick would make active negative and skew least_conn, fair and
+        # random_two forever; clamp rather than let one caller bug poison the group.
+        if peer.active > 0:
+            peer.active -= 1
+        counts = failed or peer.fails or peer.on_trial
+        if not counts and not self.observes:
+            return  # a success of a peer in good standing: the most common outcome
         now = self._clock()
-        peer._finish(now, failed)
+        if counts:
+            peer._finish(now, failed)
         if self.observes:
             self._observe(peer, elapsed, failed, now)
 

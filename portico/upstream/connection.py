@@ -159,7 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_paused = True
         exchange = self.exchange
         if exchange is not None:
-            self.set_deadline("send", exchange.send_timeout)
+            self.set_deadline("send", exchange.handler.send_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False

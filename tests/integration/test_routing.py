@@ -222,6 +222,22 @@ def test_wildcard_and_specific_address_on_one_port(portico) -> None:
         conn.request("GET", "/")
         assert conn.getresponse().read() == body
         conn.close()
+    # the same bytes to both addresses, again and again: the address still chooses
+    # (a request read before goes the way it went only where Host alone decides)
+    same = b"GET / HTTP/1.1\r\nHost: same.test\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as wildcard,
+        socket.create_connection(("127.0.0.2", server.port), timeout=5) as specific,
+    ):
+        for _ in range(3):
+            for sock, body in ((wildcard, b"wildcard"), (specific, b"specific")):
+                sock.sendall(same)
+                answer = b""
+                while not answer.endswith(body):
+                    chunk = sock.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.mark.parametrize("host", ["a/../../data", "..", "a b", "x\\y", ".hidden"])

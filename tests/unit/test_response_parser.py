@@ -72,7 +72,7 @@ def test_truncated_body_at_eof_is_an_error() -> None:
 HEAD_END = SIMPLE.index(b"hello")
 
 
-def known_table() -> dict[bytes, tuple[ResponseHead, int]]:
+def known_table() -> dict[bytes, tuple[bytes, ResponseHead, int]]:
     _KNOWN.clear()
     return _KNOWN
 
@@ -86,7 +86,7 @@ def test_a_whole_response_is_known_by_its_head_with_any_body_of_its_length() -> 
     fed = ResponseReader()
     fed.feed(SIMPLE)
     head = fed.events[0]
-    assert table == {SIMPLE[:HEAD_END]: (head, 5)}
+    assert table == {SIMPLE[:HEAD_END]: (SIMPLE[:HEAD_END], head, 5)}
     reader = ResponseReader()
     assert reader.take_known(SIMPLE[:HEAD_END] + b"HELLO") == (head, b"HELLO")
     # the reader is where feeding would have left it, ready for the next request
@@ -139,3 +139,16 @@ def test_heads_whose_framing_is_not_their_length_are_not_kept(data: bytes) -> No
     table = known_table()
     ResponseReader().feed(data)
     assert table == {}
+
+
+def test_a_connection_alternating_between_two_known_heads_gets_each() -> None:
+    known_table()
+    other = SIMPLE.replace(b"Server: nginx", b"Server: other")
+    ResponseReader().feed(SIMPLE)
+    ResponseReader().feed(other)
+    reader = ResponseReader()
+    for data in (SIMPLE, other, other, SIMPLE):
+        taken = reader.take_known(data)
+        assert taken is not None
+        assert (taken[0].block in data, taken[1]) == (True, b"hello")
+        reader.start()
