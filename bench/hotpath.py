@@ -200,7 +200,12 @@ def count_instructions(case: str, log: bool) -> float:
         ]
         if log:
             command.append("--log")
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        # one hash seed for every run: string hashes decide dict probes, which would
+        # otherwise move the count by about 1% from run to run
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, check=False, env=env
+        )
         found = _COLLECTED.search(done.stderr)
         if done.returncode != 0 or found is None:
             raise SystemExit(f"callgrind failed for {case}:\n{done.stderr[-2000:]}")
