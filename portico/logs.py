@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portico.config.directives import LOG_LEVELS, LogFormat
+from portico.memo import remember
 from portico.variables import CONSTANT_VARIABLES, EXPRESSIONS, PLAIN_VARIABLES
 
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LOG_LEVELS)}
@@ -51,12 +52,23 @@ def _escape_char(c: str) -> str:
     return "".join(f"\\x{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
 
 
+# values escaped before → as written: a log sees the same few request lines, user
+# agents and referers again and again (the compiled line looks here first)
+_ESCAPED: dict[str, str] = {}
+_ESCAPED_MAX = 1024
+_ESCAPED_VALUE_MAX = 512
+
+
 def escape_default(value: str) -> str:
     if not value:
-        return "-"
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return "".join(map(_escape_char, value))
+        escaped = "-"
+    elif _NEEDS_ESCAPE.search(value) is None:
+        escaped = value
+    else:
+        escaped = "".join(map(_escape_char, value))
+    if len(value) <= _ESCAPED_VALUE_MAX:
+        remember(_ESCAPED, value, escaped, _ESCAPED_MAX)
+    return escaped
 
 
 def escape_json(value: str) -> str:
@@ -78,7 +90,8 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
     %-format with one %s per variable, and each variable is its getter's expression
     (variables.EXPRESSIONS) or a call of its getter, wrapped in the escape only where
     the value could need it (PLAIN_VARIABLES never do; CONSTANT_VARIABLES are rendered
-    here, once).
+    here, once). The default escape looks for the value among those it escaped before
+    first.
     """
     escape: Callable[[str], str] = {
         "default": escape_default,
@@ -87,7 +100,7 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
     }[log_format.escape]
     text = []
     values = []
-    namespace: dict[str, Any] = {"escape": escape}
+    namespace: dict[str, Any] = {"escape": escape, "escaped": _ESCAPED}
     for part in log_format.template.parts:
         if isinstance(part, str):
             text.append(part.replace("%", "%%"))
@@ -103,7 +116,14 @@ def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
                 name = f"get{len(values)}"
                 namespace[name] = part
                 value = f"{name}(r)"
-            values.append(value if part in PLAIN_VARIABLES else f"escape({value})")
+            if part in PLAIN_VARIABLES:
+                values.append(value)
+            elif escape is escape_default:
+                # a value escaped before is one dict lookup (an empty one is "-", kept)
+                name = f"v{len(values)}"
+                values.append(f"(escaped.get({name} := {value}) or escape({name}))")
+            else:
+                values.append(f"escape({value})")
     namespace["text"] = "".join(text) + "\n"
     source = f"def render(r):\n    return text % ({''.join(v + ', ' for v in values)})\n"
     exec(source, namespace)  # our own source, built from the format's parts

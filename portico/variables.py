@@ -152,12 +152,13 @@ def _host(r: Any) -> str:
 def _clock_text(text: Callable[[time.struct_time], str]) -> Getter:
     """A getter of the time now (nginx: the time of the log write, not of the request's
     start), formatted by ``text`` once per second: a log asks on every request."""
-    cache: list[Any] = [-1, ""]
+    cache: list[Any] = [-1.0, ""]  # the text holds while time.time() < cache[0]
 
     def get(r: Any) -> str:
-        second = int(time.time())
-        if cache[0] != second:
-            cache[0] = second
+        now = time.time()
+        if now >= cache[0]:
+            second = int(now)
+            cache[0] = second + 1.0
             cache[1] = text(time.localtime(second))
         return cache[1]  # type: ignore[no-any-return]
 
@@ -258,8 +259,10 @@ VARIABLES: dict[str, Getter] = {
         "_remote_user(r) if 'authorization' in r.headers else ''", _remote_user=_remote_user
     ),
     # a request that could not be parsed has no method, and no request line
+    # (the head's own line while the method is the one it came with)
     "request": _expression(
-        "f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\" if r.method else ''"
+        "(r.head.line if r.method == r.head.method "
+        "else f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\") if r.method else ''"
     ),
     "request_filename": _expression("r.location.files.filename(r, r.path) if r.location else ''"),
     "request_length": lambda r: str(_request_length(r)),

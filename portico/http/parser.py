@@ -102,6 +102,7 @@ class RequestHead:
         "headers",
         "host",
         "keep_alive",
+        "line",
         "method",
         "path",
         "query",
@@ -129,6 +130,8 @@ class RequestHead:
         self.method = method
         self.target = target
         self.version = version
+        # the request line as text ($request, and the error log's "request:")
+        self.line = f"{method} {target.decode('latin-1')} HTTP/{version}"
         # the target's normalized path and raw query, and the host name (from an
         # absolute-form target's authority, else from Host; "" without either)
         self.path = path

@@ -468,8 +468,11 @@ class HttpConnection(asyncio.Protocol):
             self.write(LAST_CHUNK)
             request.bytes_sent += len(LAST_CHUNK)
         location = request.location
-        if location is None or location.access_logs:
+        if location is None:
             self.worker.site.log(request)
+        else:
+            for log in location.access_logs:
+                log.write(request)
         request.upstream = None  # logged: the proxy exchange (which refers to it) may go
         if self.current is not request:
             return

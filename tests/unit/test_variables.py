@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from portico.http.parser import RequestReader
+from portico.http.parser import RequestHead, RequestReader
 from portico.http.request import Request
 from portico.variables import UnknownVariable, compile_template
 
@@ -40,6 +40,7 @@ class FakeRequest:
     )
     captures = re.match(r"/(?P<first>\w)(.*)", "/a b")
     server_captures = None
+    head = RequestHead("GET", target, version, [], headers, True, None, False, False)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,14 @@ class FakeRequest:
 )
 def test_render(source: str, rendered: str) -> None:
     assert compile_template(source, captures=["first"]).render(FakeRequest()) == rendered
+
+
+def test_request_is_the_line_as_received_until_the_method_changes() -> None:
+    request = FakeRequest()
+    request.head = RequestHead("POST", request.target, "1.1", [], {}, True, None, False, False)
+    assert compile_template("$request").render(request) == "GET /a%20b?x=1&y=2 HTTP/1.1"
+    request.method = "POST"
+    assert compile_template("$request").render(request) == "POST /a%20b?x=1&y=2 HTTP/1.1"
 
 
 def test_constant_templates_are_known() -> None:
