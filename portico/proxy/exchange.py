@@ -332,11 +332,14 @@ class ProxyExchange:
             if self.upstream is not None and self.upstream.exchange is self:
                 self.response_end()
             return
-        self.statuses.append(head.status)
+        status = head.status
+        self.statuses.append(status)
         self.response_started = True
         self.keep_alive_upstream = head.keep_alive
         self.complete_attempt(reusable=True)
-        self.conn.send_response(self.request, head.status, self._headers(head), body)
+        request = self.request
+        headers, request.upstream_sets = self.handler.response_filter.headers(head.block)
+        self.conn.send_response(request, status, headers, body)
 
     def _headers(self, head: ResponseHead) -> bytes:
         headers, own = self.handler.response_filter.headers(head.block)

@@ -154,10 +154,10 @@ class Peer:
         self.unavailable_until = 0.0
         # True from the pick of a trial request until its done().
         self.on_trial = False
-        # The three above (and ``down``) in one number, kept by _take and _finish: the peer
-        # may be picked at time ``now`` iff now >= available_from. -inf: available; the end
-        # of its time-out while taken out; +inf: down, or a trial in flight. A pick then
-        # compares floats instead of asking every peer.
+        # The three above (and ``down``) in one number, kept by _take_with_failures and
+        # _finish: the peer may be picked at time ``now`` iff now >= available_from. -inf:
+        # available; the end of its time-out while taken out; +inf: down, or a trial in
+        # flight. A pick then compares floats instead of asking every peer.
         self.available_from = math.inf if spec.down else -math.inf
         # Smooth weighted round robin state (nginx's current_weight / effective_weight).
         # effective_weight drops on failures and climbs back by one per round, so a server
@@ -187,11 +187,11 @@ class Peer:
         else:
             self.available_from = -math.inf
 
-    def _take(self) -> None:
-        self.active += 1
+    def _take_with_failures(self) -> None:
+        """Picked while failures count (pick() does the rest): a peer taken out is
+        only picked for a trial (is_available said so)."""
         max_fails = self.spec.max_fails
         if max_fails and self.fails >= max_fails:
-            # Only a trial can pick a taken-out peer (is_available said so).
             self.on_trial = True
             self._update_available_from()
 
@@ -330,7 +330,9 @@ class Balancer:
         for tier in self._tiers:
             peer = self._choose(tier, key, tried, now)
             if peer is not None:
-                peer._take()
+                peer.active += 1
+                if peer.fails:
+                    peer._take_with_failures()
                 return peer
         return None
 

@@ -176,7 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Stop reading HTTP: from now on every byte goes to ``tunnel``."""
         self.exchange = None
         self.tunnel = tunnel
-        self.group.busy.discard(self)
+        self.group.open.discard(self)  # a reload does not close it
 
     # -- use -------------------------------------------------------------------------
 

@@ -55,7 +55,9 @@ class UpstreamGroup:
         # the idle pool: in order of release (the least recently used first, for the
         # keepalive limit), and per peer (the most recently used last, for reuse)
         self.idle: dict[UpstreamConnection, None] = {}
-        self.busy: set[UpstreamConnection] = set()
+        # every connection of the group that is open, but the tunnels (a reload lets
+        # those run their course): what close() closes
+        self.open: set[UpstreamConnection] = set()
         peers = (*self.balancer.peers, *self.balancer.backups)
         self._idle_by_peer: dict[Peer, list[UpstreamConnection]] = {peer: [] for peer in peers}
         self.addresses: dict[Peer, tuple[str, str, int]] = {
@@ -94,7 +96,6 @@ class UpstreamGroup:
             # a connection leaves the pool as it closes (forget): this one is open
             conn = stack.pop()
             del self.idle[conn]
-            self.busy.add(conn)
             return conn
         return None
 
@@ -125,7 +126,6 @@ class UpstreamGroup:
                 done(None, error)
                 return
             _, conn = f.result()
-            self.busy.add(conn)
             done(conn, None)
 
         future.add_done_callback(finished)
@@ -133,7 +133,6 @@ class UpstreamGroup:
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange is over and the connection can carry another: keep it idle."""
-        self.busy.discard(conn)
         conn.exchange = None
         if conn.closed:
             return
@@ -149,6 +148,7 @@ class UpstreamGroup:
         self._idle_by_peer[conn.peer].append(conn)
 
     def opened(self, conn: UpstreamConnection) -> None:
+        self.open.add(conn)
         if self.worker is not None:
             self.worker.upstream_opened()
 
@@ -157,13 +157,13 @@ class UpstreamGroup:
             self.worker.upstream_closed()
 
     def forget(self, conn: UpstreamConnection) -> None:
-        self.busy.discard(conn)
+        self.open.discard(conn)
         if conn in self.idle:
             del self.idle[conn]
             self._idle_by_peer[conn.peer].remove(conn)
 
     def close(self) -> None:
-        for conn in (*self.idle, *self.busy):
+        for conn in list(self.open):
             conn.close()
 
 
