@@ -418,10 +418,11 @@ class Site:
             if not self._limits(request, location):
                 return
         limit = location.client_max_body_size
-        if limit and request.content_length is not None and request.content_length > limit:
+        length = request.head.content_length
+        if limit and length is not None and length > limit:
             self.error(
                 request,
-                f"client intended to send too large body: {request.content_length} bytes",
+                f"client intended to send too large body: {length} bytes",
                 level="error",
             )
             request.conn.send_error(request, 413)

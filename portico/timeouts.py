@@ -11,6 +11,8 @@ Rules (the invariant the code keeps):
 
 - ``item.wheel_slot`` is 0 when the item is filed nowhere, else the bucket that holds
   its live entry, which is never later than the bucket of ``item.deadline``;
+  ``item.wheel_start`` is the first time that bucket holds (+inf when filed nowhere),
+  so that a new deadline is checked against it with one compare;
 - ``expire(now)`` calls ``item.on_timeout()`` exactly once for each item whose deadline
   is due, and only if the deadline is still set (None means no timeout).
 
@@ -19,6 +21,7 @@ Pure: the caller passes the time in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,6 +29,7 @@ from typing import Protocol
 class Timed(Protocol):
     deadline: float | None
     wheel_slot: int
+    wheel_start: float
 
     def on_timeout(self) -> None: ...
 
@@ -52,8 +56,7 @@ class Wheel:
         """Give ``item`` a new deadline. It is filed again only when the new one comes
         before the bucket it waits in; a later one is found there and refiled then."""
         item.deadline = deadline
-        slot = item.wheel_slot
-        if slot == 0 or deadline < (slot - 1) * self.resolution:
+        if deadline < item.wheel_start:
             self.watch(item)
 
     def watch(self, item: Timed) -> None:
@@ -64,6 +67,7 @@ class Wheel:
         slot = max(int(deadline / self.resolution) + 1, self._next)
         if item.wheel_slot == 0 or slot < item.wheel_slot:
             item.wheel_slot = slot
+            item.wheel_start = (slot - 1) * self.resolution
             bucket = self._buckets.get(slot)
             if bucket is None:
                 self._buckets[slot] = [item]
@@ -83,6 +87,7 @@ class Wheel:
                 if item.wheel_slot != slot:
                     continue  # stale: filed again in an earlier bucket
                 item.wheel_slot = 0
+                item.wheel_start = math.inf
                 deadline = item.deadline
                 if deadline is None:
                     continue

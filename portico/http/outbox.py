@@ -63,27 +63,23 @@ class Outbox:
             return
         self._held = []
         self._size = 0
-        if len(held) == 1:
-            _send(*held[0])
-            return
-        transport, first = held[0]
-        parts: list[bytes] | None = None
-        for next_transport, data in held[1:]:
-            if next_transport is transport:
-                if parts is None:
-                    parts = [first]
-                parts.append(data)
+        # consecutive writes to one transport go as one
+        end = len(held)
+        i = 0
+        while i < end:
+            transport, data = held[i]
+            i += 1
+            if i < end and held[i][0] is transport:
+                parts = [data]
+                while i < end and held[i][0] is transport:
+                    parts.append(held[i][1])
+                    i += 1
+                data = b"".join(parts)
+            try:
+                transport.write(data)
+            except RuntimeError:
+                # the transport closed (or wrote its EOF) after this was held, as when
+                # the peer reset the connection during the same pass: the bytes had no
+                # reader (not contextlib.suppress: this is the hot path, and a with
+                # costs more)
                 continue
-            _send(transport, first if parts is None else b"".join(parts))
-            transport, first, parts = next_transport, data, None
-        _send(transport, first if parts is None else b"".join(parts))
-
-
-def _send(transport: Any, data: bytes) -> None:
-    try:
-        transport.write(data)
-    except RuntimeError:
-        # the transport closed (or wrote its EOF) after this was held, as when the
-        # peer reset the connection during the same pass: the bytes had no reader
-        # (not contextlib.suppress: this is the hot path, and a with costs more)
-        return

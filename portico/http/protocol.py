@@ -30,6 +30,7 @@ Timeouts (see timeouts.py, one deadline per connection):
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         "transport",
         "tunnel",
         "wheel_slot",
+        "wheel_start",
         "worker",
         "write_paused",
     )
@@ -116,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
         self.server_port = ""
         self.deadline: float | None = None
         self.wheel_slot = 0
+        self.wheel_start = math.inf  # (timeouts.py)
         self.write_paused = False
         self.reading_paused = False
         self.reading_held = False  # a handler's backpressure (see hold_reading)

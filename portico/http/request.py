@@ -118,13 +118,11 @@ class Request:
         "captures",
         "cleanups",
         "conn",
-        "content_length",
         "error_status",
         "finished",
         "head",
         "headers",
         "headers_sent",
-        "host",
         "keep_alive",
         "limited",
         "location",
@@ -140,26 +138,21 @@ class Request:
         "server_captures",
         "start",
         "status",
-        "target",
         "upstream",
         "upstream_sets",
-        "version",
     )
 
     def __init__(self, conn: HttpConnection, head: RequestHead, now: float) -> None:
         self.conn = conn
         self.head = head
+        # what the head says and a request may change: its method (an error page is
+        # a GET), its path and query (internal redirects), keep-alive (our answer)
         self.method = head.method
-        self.target = head.target
-        self.version = head.version
-        self.headers = head.headers
-        self.keep_alive = head.keep_alive
-        self.content_length = head.content_length
-        self.start = now  # wall clock (time.time()): $request_time
-        # an internal redirect changes path and query (the head keeps what was sent)
         self.path = head.path
         self.query = head.query
-        self.host = head.host
+        self.keep_alive = head.keep_alive
+        self.headers = head.headers
+        self.start = now  # wall clock (time.time()): $request_time
         self.server: Any = None
         self.location: Any = None
         # the last regex match (location or server_name): $1..$9 and named groups
@@ -198,6 +191,24 @@ class Request:
         cleanups, self.cleanups = self.cleanups, None
         for cleanup in cleanups or ():
             cleanup()
+
+    # what the head says and nothing changes (read off the shared head)
+
+    @property
+    def target(self) -> bytes:
+        return self.head.target
+
+    @property
+    def version(self) -> str:
+        return self.head.version
+
+    @property
+    def content_length(self) -> int | None:
+        return self.head.content_length
+
+    @property
+    def host(self) -> str:
+        return self.head.host
 
     @property
     def target_str(self) -> str:

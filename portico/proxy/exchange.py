@@ -43,7 +43,6 @@ NON_IDEMPOTENT = frozenset({"POST", "PATCH", "LOCK"})
 class ProxyExchange:
     __slots__ = (
         "attempt_started",
-        "attempts",
         "body_done",
         "chunked_body",
         "conn",
@@ -58,7 +57,6 @@ class ProxyExchange:
         "kept_size",
         "last_status",
         "peer",
-        "read_timeout",
         "request",
         "request_sent",
         "response_started",
@@ -77,14 +75,12 @@ class ProxyExchange:
         self.request = request
         self.conn = request.conn
         self.group = handler.group
-        self.read_timeout = handler.read_timeout
         self.peer: Peer | None = None
         self.upstream: UpstreamConnection | None = None
         # the exchange of this request before an internal redirect (error_page), if
         # any: $upstream_* list both, as nginx does ("... : ...")
         self.earlier: ProxyExchange | None = request.upstream
         self.tried: list[Peer] = []
-        self.attempts = 0
         self.started = self.attempt_started = time.monotonic()
         self.reused = False
         self.retried_reuse = False
@@ -142,10 +138,10 @@ class ProxyExchange:
             self.fail(self.last_status)
             return
         self.peer = peer
-        self.tried.append(peer)
-        if self.attempts:
+        tried = self.tried
+        if tried:
             self.attempt_started = time.monotonic()  # the first starts with the exchange
-        self.attempts += 1
+        tried.append(peer)
         upstream = self.group.idle_connection(peer)
         if upstream is not None:
             self.reused = True
@@ -198,7 +194,7 @@ class ProxyExchange:
         body = request.body
         head = self.handler.request_template.request_head(
             request,
-            None if self.chunked_body or request.error_status else request.content_length,
+            None if self.chunked_body or request.error_status else request.head.content_length,
             self.chunked_body,
             self.upgrade,
         )
@@ -264,7 +260,7 @@ class ProxyExchange:
         """The read timeout runs once the request is all sent (until then, only
         proxy_send_timeout applies, while the upstream does not take what we write)."""
         if self.body_done:
-            upstream.set_deadline("read", self.read_timeout)
+            upstream.set_deadline("read", self.handler.read_timeout)
         else:
             upstream.deadline = None
 
@@ -368,8 +364,7 @@ class ProxyExchange:
                 and not upstream.reader.events
                 and upstream.reader.idle
             ):
-                upstream.deadline = None
-                self.group.release(upstream)
+                self.group.release(upstream)  # (which sets its idle deadline)
             else:
                 upstream.close()
 
@@ -443,7 +438,7 @@ class ProxyExchange:
             return False
         if not self.group.has_untried(self.tried):
             return False  # as nginx: the last possible try's answer or error stands
-        if handler.tries and self.attempts >= handler.tries:
+        if handler.tries and len(self.tried) >= handler.tries:
             return False
         if handler.next_timeout and time.monotonic() - self.started >= handler.next_timeout:
             return False
@@ -502,4 +497,6 @@ class ProxyExchange:
             (value.decode("latin-1") for name, value in head.headers if name.lower() == b"upgrade"),
             self.upgrade or "",
         )
-        Tunnel(self.conn, self.request, upstream, headers, upgrade, self.read_timeout).start()
+        Tunnel(
+            self.conn, self.request, upstream, headers, upgrade, self.handler.read_timeout
+        ).start()

@@ -141,11 +141,13 @@ class Peer:
         "response_time_at",
         "spec",
         "unavailable_until",
+        "weight",
     )
 
     def __init__(self, spec: PeerSpec) -> None:
         self.spec = spec
         self.address = spec.address  # as in :attr:`PeerSpec.address`
+        self.weight = spec.weight  # (read on every pick)
         self.active = 0
         self.fails = 0
         # Time of the last counted failure; read only while fails > 0.
@@ -259,6 +261,7 @@ def _smooth_weighted(peers: Sequence[Peer], now: float, tried: Collection[Peer])
     a a b a c a a: the heavy server is spread out, not sent five requests in a row.
     """
     best: Peer | None = None
+    best_current = -math.inf
     total = 0
     for peer in peers:
         if now < peer.available_from or (tried and peer in tried):
@@ -266,12 +269,13 @@ def _smooth_weighted(peers: Sequence[Peer], now: float, tried: Collection[Peer])
         weight = peer.effective_weight
         current = peer.current_weight = peer.current_weight + weight
         total += weight
-        if weight < peer.spec.weight:
+        if weight < peer.weight:
             peer.effective_weight = weight + 1
-        if best is None or current > best.current_weight:
+        if current > best_current:
             best = peer
+            best_current = current
     if best is not None:
-        best.current_weight -= total
+        best.current_weight = best_current - total
     return best
 
 

@@ -13,6 +13,7 @@ response, ``keepalive_timeout`` while idle.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
         "tunnel",
         "wheel_slot",
+        "wheel_start",
         "write_paused",
     )
 
@@ -55,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.deadline: float | None = None
         self.wheel_slot = 0
+        self.wheel_start = math.inf  # (timeouts.py)
         self.timeout_kind = ""
         self.write_paused = False
         self.reading_paused = False
@@ -90,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         # completed the answer (the connection then went idle, or was closed) or our
         # client is slow (reading paused: the client's send_timeout bounds the wait)
         if self.exchange is exchange and self.timeout_kind == "read" and not self.reading_paused:
-            self.set_deadline("read", exchange.read_timeout)
+            self.set_deadline("read", exchange.handler.read_timeout)
 
     def _deliver(self, exchange: ProxyExchange) -> None:
         events = self.reader.events

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from portico.timeouts import Wheel
 
 
@@ -9,6 +11,7 @@ class Item:
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
         self.wheel_slot = 0
+        self.wheel_start = math.inf
         self.fired: list[float] = []
         self.now = 0.0
 
