@@ -131,7 +131,11 @@ class Location:
         self.client_body_timeout: float = values["client_body_timeout"]
         self.send_timeout: float = values["send_timeout"]
         self.keepalive_timeout: float = values["keepalive_timeout"]
-        self.keepalive_requests: int = values["keepalive_requests"]
+        # how many requests a connection may carry: none past this one when
+        # keepalive_timeout is 0 (nginx's way to turn keep-alive off)
+        self.keepalive_requests: int = (
+            values["keepalive_requests"] if self.keepalive_timeout > 0 else 0
+        )
         self.limiters = site.limiters(values)
         self.limit_req_status: int = values["limit_req_status"]
         self.limit_conn_status: int = values["limit_conn_status"]

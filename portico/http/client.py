@@ -53,7 +53,7 @@ _TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:([^\r]*)", re.I)
 class ResponseHead:
     """The event: the status, and the header lines as received (``block``)."""
 
-    __slots__ = ("block", "keep_alive", "status", "upgrade")
+    __slots__ = ("block", "framed", "keep_alive", "status", "upgrade")
 
     def __init__(self, status: int, block: bytes, keep_alive: bool) -> None:
         self.status = status
@@ -62,6 +62,8 @@ class ResponseHead:
         self.block = block
         self.keep_alive = keep_alive
         self.upgrade = status == 101
+        # a body is what the framing says (not a 101, 204 or 304, which have none)
+        self.framed = status != 101 and status != 204 and status != 304
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:

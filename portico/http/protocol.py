@@ -380,7 +380,6 @@ class HttpConnection(asyncio.Protocol):
                 request.keep_alive
                 and self.state == BUSY
                 and self.requests < location.keepalive_requests
-                and location.keepalive_timeout > 0
                 and worker.accepting
             )
             server = b"" if request.upstream_sets & 1 else location.server_header
@@ -428,13 +427,14 @@ class HttpConnection(asyncio.Protocol):
         """A whole answer at once: one write, then the request is finished."""
         if request.finished or self.state >= LINGER:
             return  # the connection answered this request itself (see abandon)
-        head = self._head(request, status, headers, len(body))
+        size = len(body)
+        head = self._head(request, status, headers, size)
         if request.method == "HEAD" or status in BODILESS_STATUSES:
             self.worker.outbox.write(self.transport, head)
         else:
             self.worker.outbox.write(self.transport, head + body)
-            request.body_bytes_sent += len(body)
-            request.bytes_sent += len(body)
+            request.body_bytes_sent += size
+            request.bytes_sent += size
         self.finish(request)
 
     def write(self, data: bytes) -> None:
@@ -505,7 +505,7 @@ class HttpConnection(asyncio.Protocol):
             self._set_deadline(self.binding.header_timeout)
         else:
             self.state = IDLE
-            # (kept alive: the location has a keepalive_timeout, see _head)
+            # (kept alive: the location has a keepalive_timeout, see _head and Location)
             self.worker.wheel.set_deadline(self, time.monotonic() + location.keepalive_timeout)
         if reader.events:
             self._process()

@@ -323,7 +323,7 @@ class ProxyExchange:
     def whole_response(self, head: ResponseHead, body: bytes) -> None:
         if self.handler.diverts and self._divert(head):
             return
-        if head.upgrade or self.request.method == "HEAD" or head.status in (204, 304):
+        if not head.framed or self.request.method == "HEAD":
             self.response_head(head)
             if self.upstream is not None and self.upstream.exchange is self:
                 self.response_end()
