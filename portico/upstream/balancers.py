@@ -229,7 +229,16 @@ class Peer:
 class _Tier:
     """The primary or the backup servers of a group, with what a method precomputes."""
 
-    __slots__ = ("cumulative", "peers", "ring", "total_weight")
+    __slots__ = (
+        "cumulative",
+        "peers",
+        "plan_after",
+        "position",
+        "ring",
+        "schedule",
+        "states",
+        "total_weight",
+    )
 
     def __init__(self, peers: list[Peer], ring: _Ring | None = None) -> None:
         self.peers = peers
@@ -238,6 +247,13 @@ class _Tier:
         self.cumulative = list(itertools.accumulate(p.spec.weight for p in peers))
         self.total_weight = self.cumulative[-1]
         self.ring = ring
+        # round_robin's period while every server is in good standing (see RoundRobin):
+        # the picks in order, the current weights before each, where the next pick is,
+        # and how many plain picks to make before planning again
+        self.schedule: list[Peer] | None = None
+        self.states: list[tuple[int, ...]] = []
+        self.position = 0
+        self.plan_after = 0
 
     def usable(self, now: float, tried: Collection[Peer]) -> list[Peer]:
         """The peers that may take an attempt now, in config order."""
@@ -336,6 +352,7 @@ class Balancer:
             if peer is not None:
                 peer.active += 1
                 if peer.fails:
+                    # (a trial: the peer was out, so its tier was not on a schedule)
                     peer._take_with_failures()
                 return peer
         return None
@@ -360,12 +377,18 @@ class Balancer:
             return  # a success of a peer in good standing: the most common outcome
         now = self._clock()
         if counts:
+            available_from, weight = peer.available_from, peer.effective_weight
             peer._finish(now, failed)
+            if peer.available_from != available_from or peer.effective_weight != weight:
+                self._changed()
         if self.observes:
             self._observe(peer, elapsed, failed, now)
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
         raise NotImplementedError
+
+    def _changed(self) -> None:
+        """Hook: a server's availability or effective weight changed outside a pick."""
 
     def _observe(self, peer: Peer, elapsed: float, failed: bool, now: float) -> None:
         """Hook for methods that learn from response times (called if ``observes``)."""
@@ -379,11 +402,85 @@ class RoundRobin(Balancer):
     just failed re-enters with a reduced weight that climbs back by one per round.
     """
 
+    # While every server of a tier is in good standing (available, at its full weight)
+    # and attempts are first attempts, the method is periodic: its picks repeat every
+    # total-weight picks, and the current weights come back to where they were. The
+    # first such pick plays one period forward (_period) and later ones read the
+    # schedule: one step instead of a pass over every server. The current weights the
+    # schedule stands for are written back (_settle) before anything else looks at
+    # them: a retry, or a server whose standing changed (_changed).
+
     __slots__ = ()
     method = "round_robin"
+    #: The largest total weight of a tier that gets a schedule (longer periods are rare
+    #: and would cost memory: a state per pick).
+    SCHEDULE_MAX_WEIGHT: ClassVar[int] = 1024
 
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        return _smooth_weighted(tier.peers, now, tried)
+        schedule = tier.schedule
+        if schedule is not None:
+            if not tried:
+                position = tier.position
+                tier.position = position + 1 if position + 1 < len(schedule) else 0
+                return schedule[position]
+            _settle(tier)
+        peer = _smooth_weighted(tier.peers, now, tried)
+        if not tried and peer is not None:
+            self._plan(tier)
+        return peer
+
+    def _changed(self) -> None:
+        for tier in self._tiers:
+            if tier.schedule is not None:
+                _settle(tier)
+
+    def _plan(self, tier: _Tier) -> None:
+        """Make the tier's schedule if every server is in good standing and the state
+        is periodic already (else try again one period later)."""
+        if tier.plan_after > 0:
+            tier.plan_after -= 1
+            return
+        peers = tier.peers
+        if tier.total_weight > self.SCHEDULE_MAX_WEIGHT or any(
+            p.available_from != -math.inf or p.effective_weight != p.weight for p in peers
+        ):
+            return
+        period = _period([p.weight for p in peers], [p.current_weight for p in peers])
+        if period is None:
+            tier.plan_after = tier.total_weight
+            return
+        picks, tier.states = period
+        tier.schedule = [peers[i] for i in picks]
+        tier.position = 0
+
+
+def _period(weights: list[int], start: list[int]) -> tuple[list[int], list[tuple[int, ...]]] | None:
+    """Smooth weighted round robin over servers that are all usable at their full
+    ``weights``, from the current weights ``start``: the index of each pick for one
+    period (total-weight picks) and the current weights before each; None when the
+    weights after the period are not ``start`` again (not periodic yet)."""
+    total = sum(weights)
+    state = list(start)
+    picks = []
+    states = []
+    for _ in range(total):
+        states.append(tuple(state))
+        best = 0
+        for i, weight in enumerate(weights):
+            state[i] += weight
+            if state[i] > state[best]:
+                best = i
+        state[best] -= total
+        picks.append(best)
+    return (picks, states) if state == start else None
+
+
+def _settle(tier: _Tier) -> None:
+    """Write back the current weights the tier's schedule stands for, and drop it."""
+    for peer, weight in zip(tier.peers, tier.states[tier.position], strict=True):
+        peer.current_weight = weight
+    tier.schedule = None
+    tier.states = []
 
 
 def _ip_hash_bytes(key: bytes) -> bytes:

@@ -409,6 +409,62 @@ def test_round_robin_does_not_wait_for_done() -> None:
     assert [p.address for p in picked if p] == ["a", "b", "c", "a", "b", "c"]
 
 
+class PlainRoundRobin(balancers.RoundRobin):
+    """round_robin without its schedule: every pick a pass over the servers."""
+
+    __slots__ = ()
+    SCHEDULE_MAX_WEIGHT = 0
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [(1, 1), (1, 1, 1, 1, 1), (5, 1, 1), (3, 2), (7, 4, 2, 1), (1,), (2, 2, 1, 1)],
+    ids=str,
+)
+@pytest.mark.parametrize("seed", range(4))
+def test_round_robin_with_its_schedule_picks_exactly_as_without(
+    weights: tuple[int, ...], seed: int
+) -> None:
+    # the same requests, failures, retries and passing time for both: the same picks
+    specs = [s(f"p{i}", weight=w, max_fails=2, fail_timeout=3.0) for i, w in enumerate(weights)]
+    specs.append(s("backup", backup=True))
+    clock = ManualClock()
+    scheduled = balancers.RoundRobin(specs, clock, random.Random(0))
+    plain = PlainRoundRobin(specs, clock, random.Random(0))
+    rng = random.Random(seed)
+    planned = 0
+    for step in range(3000):
+        calm = (step // 500) % 2 == 0  # long calm stretches, where a schedule is used
+        tried_names = (
+            rng.sample([p.address for p in plain.peers], k=1)
+            if not calm and rng.random() < 0.2
+            else []
+        )
+        picked = []
+        for bal in (scheduled, plain):
+            tried = [p for p in bal.peers if p.address in tried_names]
+            picked.append(bal.pick(b"", tried))
+        assert [p and p.address for p in picked] == [picked[1] and picked[1].address] * 2, step
+        planned += any(t.schedule is not None for t in scheduled._tiers)
+        failed = not calm and rng.random() < 0.15
+        for bal, peer in zip((scheduled, plain), picked, strict=True):
+            if peer is not None:
+                bal.done(peer, 0.001, failed=failed)
+        clock.advance(rng.choice((0.0, 0.01, 0.5, 2.0)))
+    assert planned > 1000  # the calm stretches ran on the schedule
+
+
+def test_round_robin_writes_back_its_state_before_a_retry() -> None:
+    bal, _ = build("round_robin", s("a", weight=3), s("b", weight=2))
+    plain = PlainRoundRobin([s("a", weight=3), s("b", weight=2)], ManualClock(), random.Random(0))
+    for _ in range(7):
+        assert bal.pick().address == plain.pick().address  # type: ignore[union-attr]
+    assert bal._tiers[0].schedule is not None
+    a, plain_a = peer_named(bal, "a"), peer_named(plain, "a")
+    assert bal.pick(tried=[a]).address == plain.pick(tried=[plain_a]).address  # type: ignore[union-attr]
+    assert [p.current_weight for p in bal.peers] == [p.current_weight for p in plain.peers]
+
+
 # --- ip_hash -------------------------------------------------------------------------------
 
 V4 = bytes([192, 168, 1, 0])
