@@ -86,49 +86,65 @@ def escape_json(value: str) -> str:
 def compile_log_format(log_format: LogFormat) -> Callable[[Any], str]:
     """The function that renders one line, newline included, for a request.
 
-    It is generated once per format, as one expression: the literal text becomes a
-    %-format with one %s per variable, and each variable is its getter's expression
+    It is generated once per format: each variable is its getter's expression
     (variables.EXPRESSIONS) or a call of its getter, wrapped in the escape only where
     the value could need it (PLAIN_VARIABLES never do; CONSTANT_VARIABLES are rendered
-    here, once). The default escape looks for the value among those it escaped before
-    first.
+    here, once), and the line is one f-string of the literal text and those values
+    (an f-string joins in one step; a %-format parses its format on every call). The
+    default escape looks for the value among those it escaped before first.
     """
     escape: Callable[[str], str] = {
         "default": escape_default,
         "json": escape_json,
         "none": lambda v: v,
     }[log_format.escape]
-    text = []
-    values = []
+    line = []  # the f-string's body
+    body = []  # the statements that make the values
     namespace: dict[str, Any] = {"escape": escape, "escaped": _ESCAPED}
     for part in log_format.template.parts:
         if isinstance(part, str):
-            text.append(part.replace("%", "%%"))
-        elif part in CONSTANT_VARIABLES:
-            text.append(escape(part(None)).replace("%", "%%"))
+            line.append(_fstring_text(part))
+            continue
+        if part in CONSTANT_VARIABLES:
+            line.append(_fstring_text(escape(part(None))))
+            continue
+        name = f"v{len(body)}"
+        line.append("{" + name + "}")
+        expression = EXPRESSIONS.get(part)
+        if expression is not None:
+            value, names = expression
+            namespace.update(names)
+        else:  # a getter of more than one expression: called
+            namespace["get" + name] = part
+            value = f"get{name}(r)"
+        if part in PLAIN_VARIABLES:
+            body.append(f"{name} = {value}")
+        elif escape is escape_default:
+            # a value escaped before is one dict lookup (an empty one is "-", kept)
+            body.append(f"{name} = {value}\n    {name} = escaped.get({name}) or escape({name})")
         else:
-            text.append("%s")
-            expression = EXPRESSIONS.get(part)
-            if expression is not None:
-                value, names = expression
-                namespace.update(names)
-            else:  # a getter of more than one expression: called
-                name = f"get{len(values)}"
-                namespace[name] = part
-                value = f"{name}(r)"
-            if part in PLAIN_VARIABLES:
-                values.append(value)
-            elif escape is escape_default:
-                # a value escaped before is one dict lookup (an empty one is "-", kept)
-                name = f"v{len(values)}"
-                values.append(f"(escaped.get({name} := {value}) or escape({name}))")
-            else:
-                values.append(f"escape({value})")
-    namespace["text"] = "".join(text) + "\n"
-    source = f"def render(r):\n    return text % ({''.join(v + ', ' for v in values)})\n"
+            body.append(f"{name} = escape({value})")
+    source = "def render(r):\n" + "".join(f"    {statement}\n" for statement in body)
+    source += f"    return f'{''.join(line)}\\n'\n"
     exec(source, namespace)  # our own source, built from the format's parts
     render: Callable[[Any], str] = namespace["render"]
     return render
+
+
+def _fstring_text(text: str) -> str:
+    """``text`` as it is written inside f'...': braces doubled, quotes, backslashes
+    and anything unprintable escaped."""
+    out = []
+    for char in text:
+        if char in "{}":
+            out.append(char * 2)
+        elif char in "'\\":
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
 
 
 def _open_append(path: str) -> int:

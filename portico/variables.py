@@ -162,6 +162,11 @@ def _clock_text(text: Callable[[time.struct_time], str]) -> Getter:
             cache[1] = text(time.localtime(second))
         return cache[1]  # type: ignore[no-any-return]
 
+    # in a log line: the text of this second without a call (names of its own: a
+    # line may hold several clocks)
+    cached, fresh = f"clock_{id(cache)}", f"clock_text_{id(cache)}"
+    names = {cached: cache, fresh: get, "now": time.time}
+    EXPRESSIONS[get] = (f"{cached}[1] if now() < {cached}[0] else {fresh}(r)", names)
     return get
 
 

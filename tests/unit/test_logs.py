@@ -66,3 +66,18 @@ def test_a_compiled_format_escapes_what_needs_it_and_only_that(escape: str) -> N
         )
         assert ' - - "' in render(request)  # the empty $remote_user
         assert render(request).endswith(" http 100%\n")
+
+
+def test_the_literal_text_of_a_format_is_written_as_it_is() -> None:
+    text = "{$status} 'q' \"d\" \\b\\ 100% {{x}}\t\u00e9 $request_method"
+    render = compile_log_format(LogFormat("odd", compile_template(text), "default"))
+    expected = "{200} 'q' \"d\" \\b\\ 100% {{x}}\t\u00e9 GET\n"
+    assert render(_request()) == expected
+
+
+def test_two_clocks_in_one_line_each_write_their_own_text() -> None:
+    render = compile_log_format(
+        LogFormat("clocks", compile_template("$time_local|$time_iso8601|$time_local"), "default")
+    )
+    local, iso, again = render(_request()).rstrip("\n").split("|")
+    assert "/" in local and "T" in iso and again == local
