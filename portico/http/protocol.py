@@ -485,21 +485,14 @@ class HttpConnection(asyncio.Protocol):
         if not request.keep_alive:
             self.linger() if not request.body.complete or self.reader.in_head else self.close()
             return
-        if self.reading is request:
-            request.body.detach()  # the rest of the body is read and dropped
-        if self.reading_held:
-            self.reading_held = False  # a handler's backpressure ends with its request
-        if self.pending_error is not None and not self.reader.events:
-            self.reject(self.pending_error)
-            return
-        if self.reader.paused:
-            # an Upgrade request answered without switching: HTTP goes on
-            try:
-                self.reader.resume()
-            except ProtocolError as e:
-                self.reject(e)
-                return
         reader = self.reader
+        if (
+            self.reading is not None
+            or self.reading_held
+            or self.pending_error is not None
+            or reader.paused
+        ) and not self._settle_after(request):
+            return
         if reader.in_head:
             self.state = HEAD
             self._set_deadline(self.binding.header_timeout)
@@ -513,6 +506,25 @@ class HttpConnection(asyncio.Protocol):
             self._flow_control()
         elif not self._processing and len(self.worker.connections) > READER_KEEP_BELOW:
             self._release_reader()
+
+    def _settle_after(self, request: Request) -> bool:
+        """What a request leaves behind, before the connection goes on to the next;
+        False when the connection ended instead."""
+        if self.reading is request:
+            request.body.detach()  # the rest of the body is read and dropped
+        if self.reading_held:
+            self.reading_held = False  # a handler's backpressure ends with its request
+        if self.pending_error is not None and not self.reader.events:
+            self.reject(self.pending_error)
+            return False
+        if self.reader.paused:
+            # an Upgrade request answered without switching: HTTP goes on
+            try:
+                self.reader.resume()
+            except ProtocolError as e:
+                self.reject(e)
+                return False
+        return True
 
     def _release_reader(self) -> None:
         """Idle between requests: the parser goes back to the worker's pool, once the

@@ -50,7 +50,8 @@ class UpstreamGroup:
             else None
         )
         self.keepalive = conf.keepalive
-        self.keepalive_requests = conf.keepalive_requests
+        # requests a connection may carry; without a pool, none past the first
+        self.keepalive_requests = conf.keepalive_requests if self.keepalive > 0 else 0
         self.keepalive_timeout = conf.keepalive_timeout
         # the idle pool: in order of release (the least recently used first, for the
         # keepalive limit), and per peer (the most recently used last, for reuse)
@@ -138,7 +139,7 @@ class UpstreamGroup:
             return
         if conn.reading_paused:
             conn.resume_reading()  # paused for the last client; the next starts afresh
-        if self.keepalive <= 0 or conn.requests >= self.keepalive_requests:
+        if conn.requests >= self.keepalive_requests:
             conn.close()
             return
         if len(self.idle) >= self.keepalive:
