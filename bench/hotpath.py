@@ -12,6 +12,7 @@ request, the minimum and median of 7 runs.
     python bench/hotpath.py                 # every case
     python bench/hotpath.py proxy --profile # one case, with cProfile's top functions
     python bench/hotpath.py proxy --instructions   # instructions per request (callgrind)
+    python bench/hotpath.py proxy --bytecodes      # bytecodes per request, per function
 
 Cases: ``static`` (a 1 KB file, cached), ``proxy`` (two peers, keep-alive, a
 backend answer as nginx sends it), ``wsgi`` (the plain WSGI hello world, inline),
@@ -22,12 +23,17 @@ callgrind, with ``INSTRUCTION_COUNTS`` requests each, and prints the difference 
 two totals divided by the difference of the counts. Startup, imports and the warm-up
 cancel out, and the figure repeats to about 0.5% whatever else the machine is doing,
 so a commit that changes a hot path can quote its before and after exactly.
+
+``--bytecodes`` counts the bytecodes each function runs per request (a trace of
+opcode events over 1,000 requests): where the time of a flat profile goes, line by
+line of the source if asked (``--top`` functions, then lines).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import os
 import pstats
@@ -213,6 +219,38 @@ def count_instructions(case: str, log: bool) -> float:
     return (totals[1] - totals[0]) / (INSTRUCTION_COUNTS[1] - INSTRUCTION_COUNTS[0])
 
 
+def count_bytecodes(one: Callable[[], None], count: int, top: int) -> None:
+    """Print the bytecodes run per request, in all and per function, and the lines
+    that run the most."""
+    per_function: collections.Counter[str] = collections.Counter()
+    per_line: collections.Counter[tuple[str, int]] = collections.Counter()
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        name = f"{Path(code.co_filename).name}:{code.co_qualname}"
+
+        def opcode(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                per_function[name] += 1
+                per_line[name, frame.f_lineno] += 1
+            return opcode
+
+        return opcode
+
+    sys.settrace(trace)
+    try:
+        for _ in range(count):
+            one()
+    finally:
+        sys.settrace(None)
+    print(f"  {sum(per_function.values()) / count:,.1f} bytecodes/request")
+    for name, n in per_function.most_common(top):
+        print(f"  {n / count:7.1f}  {name}")
+    for (name, line), n in per_line.most_common(top):
+        print(f"  {n / count:7.1f}  {name} line {line}")
+
+
 def measure(one: Callable[[], None], count: int) -> tuple[float, float]:
     for _ in range(count // 10):
         one()
@@ -233,6 +271,12 @@ async def run(args: argparse.Namespace) -> None:
             if args.once:  # one run of --count requests after a warm-up (for callgrind)
                 for _ in range(50 + args.count):
                     one()
+                continue
+            if args.bytecodes:
+                for _ in range(200):  # warm: memo tables filled, methods specialized
+                    one()
+                print(case)
+                count_bytecodes(one, 1000, args.top)
                 continue
             best, median = measure(one, args.count)
             print(f"{case:8} {best:7.2f} us/request (median {median:.2f})", flush=True)
@@ -255,6 +299,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30, help="functions to print")
     parser.add_argument(
         "--instructions", action="store_true", help="instructions per request (callgrind)"
+    )
+    parser.add_argument(
+        "--bytecodes", action="store_true", help="bytecodes per request, per function and line"
     )
     parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
