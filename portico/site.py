@@ -25,7 +25,6 @@ from portico.config.model import Config, LocationConf, ServerConf
 from portico.errors import ProtocolError
 from portico.http.parser import known_heads
 from portico.http.protocol import CLOSED
-from portico.http.request import NO_BODY
 from portico.http.response import (
     SERVER_FULL,
     SERVER_SHORT,
@@ -222,9 +221,9 @@ class Binding:
         self.header_timeout: float = values["client_header_timeout"]
         self.server_tokens: bool = values["server_tokens"]
         self.server_header = self.default.implicit.server_header
-        # heads as received (shared by the requests made of the same bytes, see
-        # parser.py) → server, its match, location, its match: a head without a body
-        # always goes the same way through a socket whose servers Host alone chooses
+        # heads shared by the requests made of the same bytes (parser.py) → server, its
+        # match, location, its match: such a head always goes the same way through a
+        # socket whose servers Host alone chooses
         self.routes: dict[Any, Route] = {}
 
     def local_address(self, transport: Any) -> tuple[str, str]:
@@ -241,7 +240,7 @@ class Binding:
         server, server_match = self.select(request.host, request.conn.server_addr)
         location, match = server.tree.find(request.path)
         route = (server, server_match, location or server.implicit, match)
-        if not self.by_address and request.body is NO_BODY:
+        if not self.by_address and request.head.shared:
             remember(self.routes, request.head, route, ROUTES_SIZE)
         return route
 

@@ -152,21 +152,27 @@ def _host(r: Any) -> str:
 def _clock_text(text: Callable[[time.struct_time], str]) -> Getter:
     """A getter of the time now (nginx: the time of the log write, not of the request's
     start), formatted by ``text`` once per second: a log asks on every request."""
-    cache: list[Any] = [-1.0, ""]  # the text holds while time.time() < cache[0]
+    # the text holds while cache[0] <= time.time() < cache[1] (a clock set back is
+    # followed at once)
+    cache: list[Any] = [0.0, -1.0, ""]
 
     def get(r: Any) -> str:
         now = time.time()
-        if now >= cache[0]:
+        if not cache[0] <= now < cache[1]:
             second = int(now)
-            cache[0] = second + 1.0
-            cache[1] = text(time.localtime(second))
-        return cache[1]  # type: ignore[no-any-return]
+            cache[0] = float(second)
+            cache[1] = second + 1.0
+            cache[2] = text(time.localtime(second))
+        return cache[2]  # type: ignore[no-any-return]
 
     # in a log line: the text of this second without a call (names of its own: a
     # line may hold several clocks)
     cached, fresh = f"clock_{id(cache)}", f"clock_text_{id(cache)}"
-    names = {cached: cache, fresh: get, "now": time.time}
-    EXPRESSIONS[get] = (f"{cached}[1] if now() < {cached}[0] else {fresh}(r)", names)
+    names = {cached: cache, fresh: get, "time": time}
+    EXPRESSIONS[get] = (
+        f"{cached}[2] if {cached}[0] <= time.time() < {cached}[1] else {fresh}(r)",
+        names,
+    )
     return get
 
 

@@ -211,13 +211,14 @@ class ResponseReader:
         head = events[0]
         if head.__class__ is not ResponseHead or events[-1] is not END or len(events) > 3:
             return
-        status = head.status  # type: ignore[union-attr]
-        if status < 200 or status == 204 or status == 304:
-            return  # an interim answer before it, or a body that its length does not give
+        if not head.framed:  # type: ignore[union-attr]
+            return  # a 101 (a tunnel), a 204 or 304 (no body, whatever the length says)
         length = head.content_length  # type: ignore[union-attr]
         end = data.find(b"\r\n\r\n") + 4
         if length is None or head.chunked or end > KNOWN_HEAD_SIZE_MAX:  # type: ignore[union-attr]
             return
+        if data[data.find(b"\n") : end - 2] != head.block:  # type: ignore[union-attr]
+            return  # the first head of the read was another one (an interim 100)
         if len(data) - end == length:
             raw = data[:end]
             remember(_KNOWN, raw, (raw, head, length), KNOWN_RESPONSES_MAX)  # type: ignore[arg-type]

@@ -107,6 +107,7 @@ class RequestHead:
         "path",
         "query",
         "raw_headers",
+        "shared",
         "target",
         "upgrade",
         "version",
@@ -132,6 +133,9 @@ class RequestHead:
         self.version = version
         # the request line as text ($request, and the error log's "request:")
         self.line = f"{method} {target.decode('latin-1')} HTTP/{version}"
+        # set once, as the reader remembers it (known_heads): requests made of the same
+        # bytes then share it, and what is made of a head alone may be kept per head
+        self.shared = False
         # the target's normalized path and raw query, and the host name (from an
         # absolute-form target's authority, else from Host; "" without either)
         self.path = path
@@ -290,6 +294,7 @@ class RequestReader:
                 and not head.chunked  # type: ignore[union-attr]
                 and not head.upgrade  # type: ignore[union-attr]
             ):
+                head.shared = True  # type: ignore[union-attr]
                 remember(self._known, data, head, KNOWN_HEADS_MAX)  # type: ignore[arg-type]
 
     def _drop_unfinished(self, error: RemoteProtocolError) -> RemoteProtocolError:

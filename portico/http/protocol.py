@@ -144,8 +144,9 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == IDLE:
-            # nothing is pending (IDLE: no head begun, no event queued): a read the
+        if state == IDLE and self.reading is None:
+            # nothing is pending (IDLE: no head begun, no event queued; and no body of
+            # an answered request still arriving, to be read and dropped): a read the
             # binding's readers have parsed before is that request again (parser.py)
             head = self.binding.known_heads.get(data)
             if head is not None:
@@ -164,8 +165,10 @@ class HttpConnection(asyncio.Protocol):
             reader.feed(data)
         except ProtocolError as e:
             current = self.current
-            if current is not None and self.reading is current:
-                # the bad bytes are in the body of the request being answered
+            if current is not None and self.reading is current and END not in reader.events:
+                # the bad bytes are in the body of the request being answered (when
+                # its body ended before them, they are a request pipelined behind it:
+                # the current one is answered first, as below)
                 self._process()
                 self.reject(e)
                 return
@@ -406,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             date = worker.date
             now = time.time()
-            date_line = date.header if now < date.until else date.update(now)
+            date_line = date.header if date.second <= now < date.until else date.update(now)
         head = b"".join(
             (
                 STATUS_LINES.get(status) or status_line(status),

@@ -54,7 +54,8 @@ class DateClock:
     def __init__(self) -> None:
         self.second = -1
         self.header = b""
-        # ``header`` holds while now < until (a float compare is cheaper than int(now))
+        # ``header`` holds while second <= now < until (two float compares are cheaper
+        # than int(now); both, so that a clock set back is followed at once)
         self.until = -1.0
 
     def update(self, now: float) -> bytes:

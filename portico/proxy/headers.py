@@ -128,11 +128,11 @@ class RequestTemplate:
     def request_head(
         self, request: Any, body_length: int | None, chunked: bool, upgrade: str | None
     ) -> bytes:
-        """The upstream head for ``request`` as it stands. A request without a body
-        that was not redirected is its head as received, so with no value rendered per
-        request the result is the same for the same head: made once per head (only
-        such heads are shared between requests, see parser.py)."""
-        if request.redirects or self.dynamic or body_length or chunked or upgrade is not None:
+        """The upstream head for ``request`` as it stands. A request that was not
+        redirected is its head as received, so with no value rendered per request the
+        result is the same for the same head: made once per head, for the heads that
+        requests share (parser.py: whole requests without a body, read again)."""
+        if request.redirects or self.dynamic or not request.head.shared:
             return self.head(
                 request, request.method, self.target(request), body_length, chunked, upgrade
             )

@@ -352,7 +352,8 @@ class Balancer:
             if peer is not None:
                 peer.active += 1
                 if peer.fails:
-                    # (a trial: the peer was out, so its tier was not on a schedule)
+                    # a trial if the peer was taken out (its tier was not on a schedule
+                    # then: a trial changes nothing a schedule stands for)
                     peer._take_with_failures()
                 return peer
         return None
@@ -441,9 +442,10 @@ class RoundRobin(Balancer):
             tier.plan_after -= 1
             return
         peers = tier.peers
-        if tier.total_weight > self.SCHEDULE_MAX_WEIGHT or any(
-            p.available_from != -math.inf or p.effective_weight != p.weight for p in peers
-        ):
+        if tier.total_weight > self.SCHEDULE_MAX_WEIGHT:
+            return
+        if any(p.available_from != -math.inf or p.effective_weight != p.weight for p in peers):
+            tier.plan_after = tier.total_weight  # (a server down for good: ask seldom)
             return
         period = _period([p.weight for p in peers], [p.current_weight for p in peers])
         if period is None:

@@ -469,6 +469,19 @@ def test_expect_100_continue_gets_100_then_the_answer(front: Front) -> None:
     assert "expect" not in {name.lower() for name, _ in echo["headers"]}
 
 
+def test_a_bad_request_pipelined_behind_a_body_is_answered_after_it(front: Front) -> None:
+    # the end of the body and a request with a Host that cannot be one, in one read:
+    # the request whose body it was gets its own answer, then the 400, then the close
+    with socket.create_connection(("127.0.0.1", front.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.2)  # the exchange has begun, and reads the body
+        sock.sendall(b"hello" + b"GET /next HTTP/1.1\r\nHost: a/b\r\n\r\n")
+        data = read_until_close(sock)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"400"], data[:300]
+    assert b'"body": "hello"' in data
+
+
 # -- response bodies ---------------------------------------------------------------------
 
 

@@ -81,3 +81,14 @@ def test_two_clocks_in_one_line_each_write_their_own_text() -> None:
     )
     local, iso, again = render(_request()).rstrip("\n").split("|")
     assert "/" in local and "T" in iso and again == local
+
+
+def test_the_log_clock_follows_a_clock_set_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    render = compile_log_format(LogFormat("clock", compile_template("$time_iso8601"), "default"))
+    now = 1_800_000_000.5
+    monkeypatch.setattr(time, "time", lambda: now)
+    later = render(_request())
+    now -= 3600  # an NTP step, a VM resumed: the next line says the new time
+    earlier = render(_request())
+    assert later != earlier
+    assert earlier.startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)))

@@ -356,6 +356,7 @@ def test_a_whole_request_read_at_once_is_remembered_with_its_meaning() -> None:
     head = reader.events[0]
     assert table == {GET: head}
     assert isinstance(head, RequestHead)
+    assert head.shared
     assert (head.path, head.query, head.host) == ("/a/b", "x=1", "example.com")
     # another reader with the same settings shares the table; other settings do not
     assert RequestReader(LINE_SIZE, HEADER_COUNT)._known is table
@@ -389,8 +390,10 @@ def test_only_a_read_of_exactly_one_bodiless_request_is_remembered(reads: list[b
     reader = RequestReader(LINE_SIZE, HEADER_COUNT)
     for data in reads:
         reader.feed(data)
-    assert reader.events[0].__class__ is RequestHead
+    head = reader.events[0]
+    assert isinstance(head, RequestHead)
     assert table == {}
+    assert not head.shared
 
 
 def test_the_rest_of_a_body_is_not_taken_for_a_request() -> None:
