@@ -189,8 +189,11 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 def count_instructions(case: str, log: bool) -> float:
     """Instructions per request of ``case``, from two runs under callgrind."""
     valgrind = shutil.which("valgrind")
+    if valgrind is None:  # bench/setup.sh installs it with the other peers
+        subprocess.run(["bash", str(HERE / "setup.sh")], check=True, timeout=900)
+        valgrind = shutil.which("valgrind")
     if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+        raise SystemExit("--instructions needs valgrind, which bench/setup.sh did not install")
     totals = []
     for count in INSTRUCTION_COUNTS:
         command = [

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the benchmark peers: nginx and wrk from Debian; gunicorn, granian and
+# Install the benchmark peers: nginx, wrk and valgrind from Debian; gunicorn, granian and
 # Flask (for the example app) into the project venv. Idempotent: each piece is
 # installed only if missing, so the bench scripts call this at every start and
 # it costs ~nothing.
@@ -54,6 +54,8 @@ install_debian_peers() {
     local missing=()
     [[ -x /usr/sbin/nginx ]] || missing+=("$(nginx_package)")
     command -v wrk >/dev/null || missing+=(wrk)
+    # (valgrind: for bench/hotpath.py --instructions)
+    command -v valgrind >/dev/null || missing+=(valgrind)
     ((${#missing[@]})) || return 0
 
     local pid_before
