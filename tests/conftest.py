@@ -90,6 +90,14 @@ class Portico:
             for name, port in ports.items():
                 if name.startswith("port"):
                     wait_for_port(port, process=self.process)
+            # the master listens before it forks: a connection is accepted into the
+            # backlog already, but a test that asks for the worker's pid needs it
+            # forked (bounded: a worker that cannot start is the test's to see)
+            deadline = time.monotonic() + 5.0
+            while not self.worker_pids() and time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.02)
 
     @property
     def url(self) -> str:
