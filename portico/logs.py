@@ -265,7 +265,7 @@ def context(request: Any, upstream: str | None = None) -> str:
     server = request.server_name if request.server is not None else ""
     return (
         f", client: {request.conn.remote_addr}, server: {server}, request: "
-        f'"{request.method} {request.target_str} HTTP/{request.version}"'
+        f'"{request.line}"'
         + (f', upstream: "{upstream}"' if upstream is not None else "")
         + (f', host: "{request.headers["host"]}"' if "host" in request.headers else "")
     )

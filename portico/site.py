@@ -170,6 +170,12 @@ class Server:
             Location(site, loc, loc.values, conf) for loc in conf.locations
         )
 
+    def find(self, path: str) -> tuple[Location, re.Match[str] | None]:
+        """The location for a path, and the regex match that chose it: the server's
+        own settings when no location matches (nginx)."""
+        location, match = self.tree.find(path)
+        return location or self.implicit, match
+
 
 # where a request goes: its server, the server_name regex match, its location, the
 # location regex match
@@ -238,8 +244,8 @@ class Binding:
         """Where a request as received goes: its server (by Host and the address it
         came to) and its location (by path)."""
         server, server_match = self.select(request.host, request.conn.server_addr)
-        location, match = server.tree.find(request.path)
-        route = (server, server_match, location or server.implicit, match)
+        location, match = server.find(request.path)
+        route = (server, server_match, location, match)
         if not self.by_address and request.head.shared:
             remember(self.routes, request.head, route, ROUTES_SIZE)
         return route
@@ -406,10 +412,7 @@ class Site:
 
     def route(self, request: Request) -> None:
         """Choose the location for the request's path (again, after a redirect)."""
-        server = request.server
-        location, match = server.tree.find(request.path)
-        if location is None:
-            location = server.implicit
+        location, match = request.server.find(request.path)
         request.location = location
         if match is not None:
             request.captures = match

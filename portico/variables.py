@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portico import __version__
+from portico.http.response import SecondText
 
 Getter = Callable[[Any], str]
 
@@ -152,26 +153,17 @@ def _host(r: Any) -> str:
 def _clock_text(text: Callable[[time.struct_time], str]) -> Getter:
     """A getter of the time now (nginx: the time of the log write, not of the request's
     start), formatted by ``text`` once per second: a log asks on every request."""
-    # the text holds while cache[0] <= time.time() < cache[1] (a clock set back is
-    # followed at once)
-    cache: list[Any] = [0.0, -1.0, ""]
+    clock = SecondText(lambda second: text(time.localtime(second)), "")
 
     def get(r: Any) -> str:
-        now = time.time()
-        if not cache[0] <= now < cache[1]:
-            second = int(now)
-            cache[0] = float(second)
-            cache[1] = second + 1.0
-            cache[2] = text(time.localtime(second))
-        return cache[2]  # type: ignore[no-any-return]
+        return clock.update(time.time())
 
-    # in a log line: the text of this second without a call (names of its own: a
+    # in a log line: the text of this second without a call (a name of its own: a
     # line may hold several clocks)
-    cached, fresh = f"clock_{id(cache)}", f"clock_text_{id(cache)}"
-    names = {cached: cache, fresh: get, "time": time}
+    name = f"clock_{id(clock)}"
     EXPRESSIONS[get] = (
-        f"{cached}[2] if {cached}[0] <= time.time() < {cached}[1] else {fresh}(r)",
-        names,
+        f"{name}.text if {name}.second <= time.time() < {name}.until else get_{name}(r)",
+        {name: clock, f"get_{name}": get, "time": time},
     )
     return get
 
@@ -269,11 +261,10 @@ VARIABLES: dict[str, Getter] = {
     "remote_user": _expression(
         "_remote_user(r) if 'authorization' in r.headers else ''", _remote_user=_remote_user
     ),
-    # a request that could not be parsed has no method, and no request line
-    # (the head's own line while the method is the one it came with)
+    # a request that could not be parsed has no method, and no request line (the
+    # property Request.line, written out: a log line asks on every request)
     "request": _expression(
-        "(r.head.line if r.method == r.head.method "
-        "else f\"{r.method} {r.target.decode('latin-1')} HTTP/{r.version}\") if r.method else ''"
+        "(r.head.line if r.method == r.head.method else r.line) if r.method else ''"
     ),
     "request_filename": _expression("r.location.files.filename(r, r.path) if r.location else ''"),
     "request_length": lambda r: str(_request_length(r)),

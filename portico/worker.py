@@ -29,7 +29,7 @@ from portico.config.model import Config
 from portico.http.outbox import Outbox
 from portico.http.parser import RequestReader
 from portico.http.protocol import HttpConnection
-from portico.http.response import DateClock
+from portico.http.response import SecondText, date_header
 from portico.logs import ErrorLog
 from portico.process.master import HANDLED_SIGNALS
 from portico.process.sockets import SocketKey
@@ -63,7 +63,7 @@ class WorkerContext:
         self.gates: list[AcceptGate] = []
         self.accepting = True
         self.draining = False  # a graceful stop is waiting for the connections to end
-        self.date = DateClock()
+        self.date = SecondText(date_header, b"")
         self._connection_numbers = 0
         self._readers: dict[tuple[int, int], list[RequestReader]] = {}
         self.stopped: asyncio.Future[None] | None = None

@@ -43,7 +43,7 @@ from collections import deque
 import httptools
 
 from portico.errors import UpstreamInvalidResponse
-from portico.http.parser import END, _End
+from portico.http.parser import END, KNOWN_HEAD_SIZE_MAX, KNOWN_HEADS_MAX, _End
 from portico.memo import remember
 
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d+)", re.I)
@@ -86,11 +86,10 @@ class ResponseHead:
 
 
 # Heads of whole responses parsed before: their bytes (up to the empty line) → those
-# bytes, the head and its Content-Length. Bounded as the request heads are (parser.py).
+# bytes, the head and its Content-Length. Bounded as the request heads are (parser.py:
+# KNOWN_HEADS_MAX heads of at most KNOWN_HEAD_SIZE_MAX bytes).
 Known = tuple[bytes, ResponseHead, int]
 _KNOWN: dict[bytes, Known] = {}
-KNOWN_RESPONSES_MAX = 256
-KNOWN_HEAD_SIZE_MAX = 2048
 
 
 class _Stop(Exception):
@@ -221,7 +220,7 @@ class ResponseReader:
             return  # the first head of the read was another one (an interim 100)
         if len(data) - end == length:
             raw = data[:end]
-            remember(_KNOWN, raw, (raw, head, length), KNOWN_RESPONSES_MAX)  # type: ignore[arg-type]
+            remember(_KNOWN, raw, (raw, head, length), KNOWN_HEADS_MAX)  # type: ignore[arg-type]
 
     def eof(self) -> None:
         """The peer closed the connection."""

@@ -91,6 +91,11 @@ class _End:
 END = _End()
 
 
+def request_line(method: str, target: bytes, version: str) -> str:
+    """A request line as text, as logs write it ("GET /x HTTP/1.1")."""
+    return f"{method} {target.decode('latin-1')} HTTP/{version}"
+
+
 class RequestHead:
     """A request line and its headers, as received (the event), and what the target and
     Host say. Shared by every request made from the same bytes (see ``known_heads``):
@@ -132,7 +137,7 @@ class RequestHead:
         self.target = target
         self.version = version
         # the request line as text ($request, and the error log's "request:")
-        self.line = f"{method} {target.decode('latin-1')} HTTP/{version}"
+        self.line = request_line(method, target, version)
         # set once, as the reader remembers it (known_heads): requests made of the same
         # bytes then share it, and what is made of a head alone may be kept per head
         self.shared = False

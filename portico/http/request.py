@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from portico.http.parser import RequestHead
+from portico.http.parser import RequestHead, request_line
 
 if TYPE_CHECKING:
     from portico.http.protocol import HttpConnection
@@ -211,8 +211,13 @@ class Request:
         return self.head.host
 
     @property
-    def target_str(self) -> str:
-        return self.target.decode("latin-1")
+    def line(self) -> str:
+        """The request line as text: the head's own while the method is the one it
+        came with (an error page makes a request a GET)."""
+        head = self.head
+        if self.method == head.method:
+            return head.line
+        return request_line(self.method, head.target, head.version)
 
     @property
     def server_name(self) -> str:

@@ -7,13 +7,17 @@ per (status, server_tokens).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Generic, TypeVar
 
 from portico import __version__
 
 SERVER_FULL = f"portico/{__version__}"
 SERVER_SHORT = "portico"
+
+T = TypeVar("T")
 
 # nginx's wording where it has one (e.g. 408 "Request Time-out" is nginx's old form;
 # we keep RFC 9110's reason phrases).
@@ -42,29 +46,36 @@ def status_line(status: int) -> bytes:
     return line
 
 
-class DateClock:
-    """The ``Date`` header value, formatted once per second.
+class SecondText(Generic[T]):
+    """A text of the current second (the ``Date`` header, a log's ``$time_local``),
+    made at most once per second by ``make`` (given the second).
 
-    ``now`` is wall-clock seconds from the caller's clock (the worker passes
-    ``time.time()``), so tests can drive it.
+    ``now`` is wall-clock seconds from the caller's clock (``time.time()``), so tests
+    can drive it. ``text`` holds while ``second <= now < until``: callers on a hot path
+    compare those floats themselves (cheaper than a call, or int(now)); both bounds,
+    so that a clock set back is followed at once.
     """
 
-    __slots__ = ("header", "second", "until")
+    __slots__ = ("make", "second", "text", "until")
 
-    def __init__(self) -> None:
+    def __init__(self, make: Callable[[int], T], empty: T) -> None:
+        self.make = make
         self.second = -1
-        self.header = b""
-        # ``header`` holds while second <= now < until (two float compares are cheaper
-        # than int(now); both, so that a clock set back is followed at once)
         self.until = -1.0
+        self.text = empty
 
-    def update(self, now: float) -> bytes:
+    def update(self, now: float) -> T:
         second = int(now)
         if second != self.second:
             self.second = second
             self.until = second + 1.0
-            self.header = b"Date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
-        return self.header
+            self.text = self.make(second)
+        return self.text
+
+
+def date_header(second: int) -> bytes:
+    """The ``Date`` header line for a second."""
+    return b"Date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
 
 
 # Statuses that carry no body, whatever the method (RFC 9110 §6.4.1).

@@ -333,9 +333,7 @@ class ProxyExchange:
         self.response_started = True
         self.keep_alive_upstream = head.keep_alive
         self.complete_attempt(reusable=True)
-        request = self.request
-        headers, request.upstream_sets = self.handler.response_filter.headers(head.block)
-        self.conn.send_response(request, status, headers, body)
+        self.conn.send_response(self.request, status, self._headers(head), body)
 
     def _headers(self, head: ResponseHead) -> bytes:
         headers, own = self.handler.response_filter.headers(head.block)

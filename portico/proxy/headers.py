@@ -132,17 +132,15 @@ class RequestTemplate:
         redirected is its head as received, so with no value rendered per request the
         result is the same for the same head: made once per head, for the heads that
         requests share (parser.py: whole requests without a body, read again)."""
-        if request.redirects or self.dynamic or not request.head.shared:
-            return self.head(
-                request, request.method, self.target(request), body_length, chunked, upgrade
-            )
         received = request.head
-        made = self.made.get(received)
+        kept = received.shared and not (request.redirects or self.dynamic)
+        made = self.made.get(received) if kept else None
         if made is None:
             made = self.head(
                 request, request.method, self.target(request), body_length, chunked, upgrade
             )
-            remember(self.made, received, made, _MADE_SIZE)
+            if kept:
+                remember(self.made, received, made, _MADE_SIZE)
         return made
 
     def head(

@@ -229,16 +229,7 @@ class Peer:
 class _Tier:
     """The primary or the backup servers of a group, with what a method precomputes."""
 
-    __slots__ = (
-        "cumulative",
-        "peers",
-        "plan_after",
-        "position",
-        "ring",
-        "schedule",
-        "states",
-        "total_weight",
-    )
+    __slots__ = ("cumulative", "peers", "ring", "total_weight")
 
     def __init__(self, peers: list[Peer], ring: _Ring | None = None) -> None:
         self.peers = peers
@@ -247,13 +238,6 @@ class _Tier:
         self.cumulative = list(itertools.accumulate(p.spec.weight for p in peers))
         self.total_weight = self.cumulative[-1]
         self.ring = ring
-        # round_robin's period while every server is in good standing (see RoundRobin):
-        # the picks in order, the current weights before each, where the next pick is,
-        # and how many plain picks to make before planning again
-        self.schedule: list[Peer] | None = None
-        self.states: list[tuple[int, ...]] = []
-        self.position = 0
-        self.plan_after = 0
 
     def usable(self, now: float, tried: Collection[Peer]) -> list[Peer]:
         """The peers that may take an attempt now, in config order."""
@@ -262,6 +246,21 @@ class _Tier:
     def peer_at(self, w: int) -> Peer:
         """The peer owning weight unit ``w`` (0 <= w < total_weight), in config order."""
         return self.peers[bisect.bisect_right(self.cumulative, w)]
+
+
+class _ScheduledTier(_Tier):
+    """A round_robin tier, with its period while every server is in good standing
+    (see RoundRobin): the picks in order, the current weights before each, where the
+    next pick is, and how many plain picks to make before planning again."""
+
+    __slots__ = ("plan_after", "position", "schedule", "states")
+
+    def __init__(self, peers: list[Peer]) -> None:
+        super().__init__(peers)
+        self.schedule: list[Peer] | None = None
+        self.states: list[tuple[int, ...]] = []
+        self.position = 0
+        self.plan_after = 0
 
 
 def _usable(peer: Peer, now: float, tried: Collection[Peer]) -> bool:
@@ -417,25 +416,29 @@ class RoundRobin(Balancer):
     #: and would cost memory: a state per pick).
     SCHEDULE_MAX_WEIGHT: ClassVar[int] = 1024
 
+    def _make_tier(self, peers: list[Peer]) -> _Tier:
+        return _ScheduledTier(peers)
+
     def _choose(self, tier: _Tier, key: bytes, tried: Collection[Peer], now: float) -> Peer | None:
-        schedule = tier.schedule
+        scheduled: _ScheduledTier = tier  # type: ignore[assignment]  (from _make_tier)
+        schedule = scheduled.schedule
         if schedule is not None:
             if not tried:
-                position = tier.position
-                tier.position = position + 1 if position + 1 < len(schedule) else 0
+                position = scheduled.position
+                scheduled.position = position + 1 if position + 1 < len(schedule) else 0
                 return schedule[position]
-            _settle(tier)
-        peer = _smooth_weighted(tier.peers, now, tried)
+            _settle(scheduled)
+        peer = _smooth_weighted(scheduled.peers, now, tried)
         if not tried and peer is not None:
-            self._plan(tier)
+            self._plan(scheduled)
         return peer
 
     def _changed(self) -> None:
         for tier in self._tiers:
-            if tier.schedule is not None:
+            if isinstance(tier, _ScheduledTier) and tier.schedule is not None:
                 _settle(tier)
 
-    def _plan(self, tier: _Tier) -> None:
+    def _plan(self, tier: _ScheduledTier) -> None:
         """Make the tier's schedule if every server is in good standing and the state
         is periodic already (else try again one period later)."""
         if tier.plan_after > 0:
@@ -444,11 +447,15 @@ class RoundRobin(Balancer):
         peers = tier.peers
         if tier.total_weight > self.SCHEDULE_MAX_WEIGHT:
             return
-        if any(p.available_from != -math.inf or p.effective_weight != p.weight for p in peers):
-            tier.plan_after = tier.total_weight  # (a server down for good: ask seldom)
-            return
-        period = _period([p.weight for p in peers], [p.current_weight for p in peers])
+        unwell = any(p.available_from != -math.inf or p.effective_weight != p.weight for p in peers)
+        period = (
+            None
+            if unwell
+            else _period([p.weight for p in peers], [p.current_weight for p in peers])
+        )
         if period is None:
+            # a server not well (down for good, say), or not periodic yet: ask again
+            # a period later, not on every pick
             tier.plan_after = tier.total_weight
             return
         picks, tier.states = period
@@ -477,7 +484,7 @@ def _period(weights: list[int], start: list[int]) -> tuple[list[int], list[tuple
     return (picks, states) if state == start else None
 
 
-def _settle(tier: _Tier) -> None:
+def _settle(tier: _ScheduledTier) -> None:
     """Write back the current weights the tier's schedule stands for, and drop it."""
     for peer, weight in zip(tier.peers, tier.states[tier.position], strict=True):
         peer.current_weight = weight
